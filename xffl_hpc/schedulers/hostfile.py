@@ -1,0 +1,39 @@
+"""Host files with one line per slot (PBS's PBS_NODEFILE, LSF's LSB_DJOB_HOSTFILE)."""
+
+from __future__ import annotations
+
+from xffl_hpc.errors import PlacementError
+from xffl_hpc.schedulers.hostlist import MAX_HOSTS
+from xffl_hpc.schedulers.variables import quote
+
+#: Longest host file read; a longer one is refused rather than loaded.
+MAX_BYTES = 64 * MAX_HOSTS
+
+
+def read_slots(variable: str, path: str) -> tuple[str, ...]:
+    """The non-blank lines of the file ``path`` named by ``variable``, one per slot."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except OSError as error:
+        raise PlacementError(
+            f"{variable}={quote(path)}: cannot read the host file ({error.strerror})"
+        ) from None
+    if len(data) > MAX_BYTES:
+        raise PlacementError(f"{variable}={quote(path)}: host file larger than {MAX_BYTES} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise PlacementError(f"{variable}={quote(path)}: host file is not UTF-8 text") from None
+    slots = tuple(line.strip() for line in text.splitlines() if line.strip())
+    for line in slots:
+        if any(c.isspace() for c in line):
+            raise PlacementError(
+                f"{variable}={quote(path)}: line {quote(line)} is not a single host name"
+            )
+    return slots
+
+
+def unique_hosts(slots: tuple[str, ...]) -> tuple[str, ...]:
+    """Hosts in the order of their first slot."""
+    return tuple(dict.fromkeys(slots))

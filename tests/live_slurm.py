@@ -1,0 +1,65 @@
+"""Access to the emulated SLURM cluster that `.ci/slurm-cluster.sh up` starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: Hard limit on any one SLURM command in the tests.
+COMMAND_TIMEOUT = 90
+
+
+def slurm_env() -> dict[str, str]:
+    """This process's environment with SLURM_CONF pointing at the emulated cluster."""
+    state = os.environ.get("XFFL_SLURM_DIR", "/tmp/xffl-slurm")
+    conf = os.environ.get("SLURM_CONF", f"{state}/etc/slurm.conf")
+    return {**os.environ, "SLURM_CONF": conf}
+
+
+def require_cluster() -> dict[str, str]:
+    """The environment to reach the cluster; skip (fail under CI) when there is none."""
+    env = slurm_env()
+    reason = None
+    if shutil.which("sbatch") is None:
+        reason = "SLURM is not installed (no sbatch on PATH)"
+    elif not Path(env["SLURM_CONF"]).is_file():
+        reason = f"no emulated cluster: {env['SLURM_CONF']} is missing (.ci/slurm-cluster.sh up)"
+    else:
+        try:
+            state = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=15
+            )
+        except subprocess.TimeoutExpired:
+            state = None
+        if state is None or state.returncode != 0 or "idle" not in state.stdout:
+            reason = "the emulated SLURM cluster does not answer with idle nodes"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the real-SLURM tests: {reason}")
+        pytest.skip(reason)
+    return env
+
+
+def run(
+    args: list[str], env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run a SLURM command with a hard timeout."""
+    return subprocess.run(
+        args, env=env, cwd=cwd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+    )
+
+
+ENV_COMMAND = [sys.executable, "-m", "xffl_hpc", "env", "--json"]
+
+
+def placements(text: str) -> list[dict[str, Any]]:
+    """The JSON placements printed one per line, sorted by rank."""
+    found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return sorted(found, key=lambda p: p["rank"])

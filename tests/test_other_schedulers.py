@@ -1,0 +1,187 @@
+"""PBS, LSF, Flux and the MPI launchers: edge cases and errors the fixtures do not cover."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xffl_hpc import PlacementError, detect
+
+
+def nodefile(tmp_path: Path, lines: list[str]) -> str:
+    path = tmp_path / "nodefile"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def hydra_rank(rank: int, counts: list[int]) -> dict[str, str]:
+    """The variables MPICH's Hydra gives ``rank`` with ``counts[i]`` ranks on node i."""
+    first = 0
+    node = 0
+    while rank >= first + counts[node]:
+        first += counts[node]
+        node += 1
+    return {
+        "PMI_RANK": str(rank),
+        "PMI_SIZE": str(sum(counts)),
+        "PMI_FD": "7",
+        "MPI_LOCALRANKID": str(rank - first),
+        "MPI_LOCALNRANKS": str(counts[node]),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=6))
+def test_mpiexec_in_pbs_every_rank_once_and_nodes_from_hostname(counts: list[int]) -> None:
+    hosts = [f"x100{i}c0s0b0n0" for i in range(len(counts))]
+    lines = [
+        f"{host}.hsn.example.org" for host, n in zip(hosts, counts, strict=True) for _ in range(n)
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        check_mpiexec_layout(nodefile(Path(folder), lines), hosts, counts)
+
+
+def check_mpiexec_layout(path: str, hosts: list[str], counts: list[int]) -> None:
+    seen = []
+    for rank in range(sum(counts)):
+        env = {"PBS_JOBID": "77.pbs", "PBS_NODEFILE": path, **hydra_rank(rank, counts)}
+        node = next(i for i in range(len(counts)) if rank < sum(counts[: i + 1]))
+        placement = detect(env, hostname=hosts[node])
+        assert (placement.scheduler, placement.launcher) == ("pbs", "pmi")
+        assert placement.node_rank == node
+        assert placement.local_world_size == counts[node]
+        assert placement.num_nodes == len(counts)
+        assert placement.hostnames[node].split(".")[0] == hosts[node]
+        seen.append((placement.rank, placement.node_rank, placement.local_rank))
+    assert sorted(r for r, _, _ in seen) == list(range(sum(counts)))
+    for node, count in enumerate(counts):
+        assert sorted(local for _, n, local in seen if n == node) == list(range(count))
+
+
+def test_pbs_nodefile_unreadable_names_variable_and_path(tmp_path: Path) -> None:
+    env = {"PBS_JOBID": "1.srv", "PBS_NODEFILE": str(tmp_path / "missing")}
+    with pytest.raises(PlacementError, match=r"PBS_NODEFILE='.*missing': cannot read"):
+        detect(env)
+
+
+def test_pbs_nodefile_line_with_spaces_is_refused(tmp_path: Path) -> None:
+    env = {"PBS_JOBID": "1.srv", "PBS_NODEFILE": nodefile(tmp_path, ["n1", "n2 n3"])}
+    with pytest.raises(PlacementError, match=r"PBS_NODEFILE=.*'n2 n3' is not a single host"):
+        detect(env)
+
+
+def test_pbs_job_shell_is_a_single_process(tmp_path: Path) -> None:
+    env = {
+        "PBS_JOBID": "1.srv",
+        "PBS_NODEFILE": nodefile(tmp_path, ["n1", "n1", "n2", "n2"]),
+        "PBS_TASKNUM": "1",
+        "PBS_NODENUM": "0",
+    }
+    placement = detect(env, hostname="n1")
+    assert (placement.scheduler, placement.launcher, placement.world_size) == ("pbs", "none", 1)
+    assert placement.master_port == detect(env, hostname="n2").master_port
+
+
+def test_torque_pbsdsh_rank_beyond_nodefile(tmp_path: Path) -> None:
+    env = {
+        "PBS_JOBID": "1.srv",
+        "PBS_NODEFILE": nodefile(tmp_path, ["n1", "n1"]),
+        "PBS_TASKNUM": "5",
+        "PBS_VNODENUM": "2",
+    }
+    with pytest.raises(PlacementError, match=r"PBS_VNODENUM=2 but PBS_NODEFILE lists 2 slot"):
+        detect(env)
+
+
+def test_torque_pbsdsh_placement(tmp_path: Path) -> None:
+    env = {
+        "PBS_JOBID": "1.srv",
+        "PBS_NODEFILE": nodefile(tmp_path, ["n1", "n1", "n1", "n2", "n2"]),
+        "PBS_TASKNUM": "5",
+        "PBS_VNODENUM": "4",
+    }
+    placement = detect(env, hostname="n2")
+    assert (placement.launcher, placement.rank, placement.world_size) == ("pbsdsh", 4, 5)
+    assert (placement.node_rank, placement.local_rank, placement.local_world_size) == (1, 1, 2)
+    assert placement.tasks_per_node == (3, 2)
+
+
+def test_pbs_job_ids_of_two_jobs_give_two_ports(tmp_path: Path) -> None:
+    path = nodefile(tmp_path, ["n1"])
+    ports = {detect({"PBS_JOBID": f"{j}.srv", "PBS_NODEFILE": path}).master_port for j in (8, 9)}
+    assert len(ports) == 2
+
+
+def test_lsf_jsrun_skips_the_launch_node() -> None:
+    env = {
+        "LSB_JOBID": "779469",
+        "LSB_MCPU_HOSTS": "batch2 1 h22n07 42 h22n08 42",
+        "JSM_NAMESPACE_RANK": "7",
+        "JSM_NAMESPACE_SIZE": "12",
+        "JSM_NAMESPACE_LOCAL_RANK": "1",
+        "JSM_NAMESPACE_LOCAL_SIZE": "6",
+    }
+    placement = detect(env, hostname="h22n08")
+    assert placement.hostnames == ("h22n07", "h22n08")
+    assert (placement.node_rank, placement.master_addr) == (1, "h22n07")
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("h1 4 h2", "LSB_MCPU_HOSTS='h1 4 h2': expected pairs"),
+        ("h1 four", "LSB_MCPU_HOSTS='four': expected a whole number"),
+    ],
+)
+def test_lsf_malformed_host_pairs(value: str, named: str) -> None:
+    with pytest.raises(PlacementError) as error:
+        detect({"LSB_JOBID": "5", "LSB_MCPU_HOSTS": value})
+    assert named in str(error.value)
+
+
+def test_flux_has_no_host_list_but_a_node_count() -> None:
+    env = {
+        "FLUX_JOB_ID": "ƒD2e73NP",
+        "FLUX_TASK_RANK": "5",
+        "FLUX_JOB_SIZE": "8",
+        "FLUX_TASK_LOCAL_ID": "1",
+        "FLUX_JOB_NNODES": "2",
+        "PMI_RANK": "5",
+        "PMI_SIZE": "8",
+    }
+    placement = detect(env, hostname="node02")
+    assert (placement.launcher, placement.num_nodes, placement.hostnames) == ("flux", 2, None)
+    assert placement.master_addr is None
+    assert placement.master_port is not None
+
+
+def test_pals_without_pmi_size_asks_for_world_size() -> None:
+    env = {"PALS_RANKID": "3", "PALS_LOCAL_RANKID": "3", "PMIX_RANK": "3"}
+    with pytest.raises(PlacementError, match="PALS_RANKID=3 is set but PMI_SIZE is not"):
+        detect(env)
+
+
+def test_mpi_rank_without_local_rank_names_it() -> None:
+    with pytest.raises(PlacementError, match="PMI_RANK=1 is set but MPI_LOCALRANKID is not"):
+        detect({"PMI_RANK": "1", "PMI_SIZE": "2"})
+
+
+def test_srun_pmi2_agrees_and_stays_srun() -> None:
+    env = {
+        "SLURM_JOB_ID": "3",
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": "1",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_STEP_NODELIST": "n1",
+        "SLURM_STEP_TASKS_PER_NODE": "2",
+        "PMI_RANK": "1",
+        "PMI_SIZE": "2",
+    }
+    placement = detect(env)
+    assert (placement.launcher, placement.local_rank) == ("srun", 1)

@@ -16,3 +16,11 @@ class PlacementError(XfflHpcError, ValueError):
 
 class HostlistError(PlacementError):
     """A SLURM hostlist expression cannot be parsed or is too large."""
+
+
+class TopologyError(XfflHpcError, ValueError):
+    """Sizes that do not fit together (world size, node sizes, hsdp, federated groups)."""
+
+
+class DistributedError(XfflHpcError):
+    """Setting up or using the distributed process groups failed."""

@@ -38,6 +38,56 @@ def _hostlist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layout(args: argparse.Namespace) -> int:
+    from xffl_hpc.errors import TopologyError
+    from xffl_hpc.topology import Topology, federated_in_nodes, parse_federated
+
+    def positive(value: str | None, option: str) -> int | None:
+        if value is None:
+            return None
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and int(text) > 0):
+            raise TopologyError(f"{option}={value!r} is not a positive integer")
+        return int(text)
+
+    world = positive(args.world_size, "--world-size")
+    assert world is not None
+    if args.tasks_per_node is not None and args.node_sizes is not None:
+        raise TopologyError("give --tasks-per-node or --node-sizes, not both")
+    if args.federated is not None and args.federated_nodes is not None:
+        raise TopologyError("give --federated (ranks) or --federated-nodes (nodes), not both")
+    nodes = None
+    per_node = positive(args.tasks_per_node, "--tasks-per-node")
+    if per_node is not None:
+        if world % per_node:
+            raise TopologyError(
+                f"--tasks-per-node={per_node} does not divide --world-size={world}; "
+                "use --node-sizes for nodes with different numbers of ranks"
+            )
+        nodes = (per_node,) * (world // per_node)
+    elif args.node_sizes is not None:
+        nodes = parse_federated(args.node_sizes, "--node-sizes")
+        if sum(nodes) != world:
+            raise TopologyError(
+                f"--node-sizes={args.node_sizes} adds up to {sum(nodes)} "
+                f"but --world-size is {world}"
+            )
+    federated = None
+    if args.federated is not None:
+        federated = parse_federated(args.federated, "--federated")
+    elif args.federated_nodes is not None:
+        if nodes is None:
+            raise TopologyError("--federated-nodes needs --tasks-per-node or --node-sizes")
+        federated = federated_in_nodes(
+            parse_federated(args.federated_nodes, "--federated-nodes"), nodes
+        )
+    topology = Topology.build(
+        world, hsdp=positive(args.hsdp, "--hsdp"), federated=federated, node_sizes=nodes
+    )
+    print(topology.describe())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xffl-hpc", description="Start PyTorch distributed training right on HPC schedulers."
@@ -56,6 +106,25 @@ def _parser() -> argparse.ArgumentParser:
         "compress: host names, separated by commas or given as several arguments",
     )
     hosts.set_defaults(run=_hostlist)
+    layout = commands.add_parser(
+        "layout", help="draw which ranks shard, replicate and average together"
+    )
+    layout.add_argument("--world-size", required=True, metavar="W", help="number of ranks")
+    layout.add_argument("--hsdp", metavar="H", help="ranks per sharding group (one replica)")
+    layout.add_argument(
+        "--federated",
+        metavar="F",
+        help="federated group size in ranks ('4'), or every group's size ('2,6')",
+    )
+    layout.add_argument(
+        "--federated-nodes",
+        metavar="N[,N...]",
+        help="federated groups in nodes, as XFFL_FEDERATED_LOCAL_WORLD_SIZE: nodes per group "
+        "('2' for groups of 2 nodes) or one entry per group ('1,3')",
+    )
+    layout.add_argument("--tasks-per-node", metavar="N", help="ranks on every node")
+    layout.add_argument("--node-sizes", metavar="N,N,...", help="ranks on each node ('4,4,2')")
+    layout.set_defaults(run=_layout)
     return parser
 
 

@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from xffl_hpc.schedulers.hostlist import compress
+
+#: Variables of any scheduler or launcher that could leak into a test from outside.
+_PREFIXES = ("SLURM", "PBS_", "PMI", "OMPI_", "PALS_", "JSM_", "LSB_", "FLUX_", "MASTER_", "XFFL_")
+_ENV_RDZV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any scheduler, launcher or rendezvous variable."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(_PREFIXES) and key not in _ENV_RDZV
+    }
+
+
+def free_port() -> int:
+    """A TCP port that was free on loopback a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def compress_counts(counts: list[int]) -> str:

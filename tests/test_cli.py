@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.fakeenv import srun_task
-
-#: Variables of any scheduler or launcher that could leak into the test from outside.
-_PREFIXES = ("SLURM", "PBS_", "PMI", "OMPI_", "PALS_", "JSM_", "LSB_", "FLUX_", "MASTER_")
-_TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+from tests.fakeenv import clean_environ, srun_task
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES) and k not in _TORCHRUN
-    }
     return subprocess.run(
         [sys.executable, "-m", "xffl_hpc", *args],
-        env=clean | (env or {}),
+        env=clean_environ() | (env or {}),
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,7 +1,46 @@
-"""xffl_hpc: PyTorch distributed training that starts right on HPC batch schedulers."""
+"""xffl_hpc: PyTorch distributed training that starts right on HPC batch schedulers.
 
-from xffl_hpc.errors import HostlistError, PlacementError, XfflHpcError
+The scheduler adapters import no torch; the distributed API is loaded on first use.
+"""
+
+from typing import Any
+
+from xffl_hpc.errors import (
+    ConfigurationError,
+    DistributedError,
+    HostlistError,
+    PlacementError,
+    TopologyError,
+    XfflHpcError,
+)
 from xffl_hpc.schedulers import Placement, detect
 
-__all__ = ["HostlistError", "Placement", "PlacementError", "XfflHpcError", "detect"]
+_DISTRIBUTED = (
+    "DistributedState",
+    "cleanup_distributed_process_group",
+    "federated_average",
+    "get_appropriate_sharding_strategy",
+    "init_distributed_process_group",
+    "setup_distributed_process_group",
+)
+
+__all__ = [
+    "ConfigurationError",
+    "DistributedError",
+    "HostlistError",
+    "Placement",
+    "PlacementError",
+    "TopologyError",
+    "XfflHpcError",
+    "detect",
+    *_DISTRIBUTED,
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DISTRIBUTED:
+        from xffl_hpc import distributed
+
+        return getattr(distributed, name)
+    raise AttributeError(f"module 'xffl_hpc' has no attribute {name!r}")

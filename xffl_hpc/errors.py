@@ -24,3 +24,7 @@ class TopologyError(XfflHpcError, ValueError):
 
 class DistributedError(XfflHpcError):
     """Setting up or using the distributed process groups failed."""
+
+
+class ConfigurationError(XfflHpcError, ValueError):
+    """An argument of the distributed set-up is invalid (backend, device, timeout...)."""

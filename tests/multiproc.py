@@ -1,0 +1,74 @@
+"""Start real processes, one per rank, each with its own environment; hard timeouts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.fakeenv import clean_environ
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Hard limit on one multi-process run, start to finish.
+RUN_TIMEOUT = 120.0
+
+
+@dataclass
+class RankResult:
+    returncode: int
+    report: dict[str, Any] | None
+    stderr: str
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    try:
+        tree = psutil.Process(process.pid)
+        for child in [*tree.children(recursive=True), tree]:
+            child.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def launch(
+    environments: list[dict[str, str]], options: dict[str, Any], timeout: float = RUN_TIMEOUT
+) -> list[RankResult]:
+    """Run ``tests.dist_worker`` once per environment and collect each rank's report.
+
+    Every process is killed, with its children, once ``timeout`` seconds have passed.
+    """
+    argument = json.dumps(options)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.dist_worker", argument],
+            env=clean_environ() | environ,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for environ in environments
+    ]
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for process in processes:
+            remaining = max(deadline - time.monotonic(), 0.1)
+            try:
+                out, err = process.communicate(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                for other in processes:
+                    _kill_tree(other)
+                raise AssertionError(f"ranks still running after {timeout} s") from None
+            lines = [line for line in out.splitlines() if line.startswith("{")]
+            report = json.loads(lines[-1]) if lines else None
+            results.append(RankResult(process.returncode, report, err))
+    finally:
+        for process in processes:
+            _kill_tree(process)
+    return results

@@ -1,0 +1,23 @@
+"""The distributed core: process group, devices, FSDP/HSDP meshes, federated scaling."""
+
+from xffl_hpc.distributed.aggregation import federated_average
+from xffl_hpc.distributed.devices import _get_current_device, _get_init_device, _setup_devices
+from xffl_hpc.distributed.setup import (
+    cleanup_distributed_process_group,
+    get_appropriate_sharding_strategy,
+    init_distributed_process_group,
+    setup_distributed_process_group,
+)
+from xffl_hpc.distributed.state import DistributedState
+
+__all__ = [
+    "DistributedState",
+    "_get_current_device",
+    "_get_init_device",
+    "_setup_devices",
+    "cleanup_distributed_process_group",
+    "federated_average",
+    "get_appropriate_sharding_strategy",
+    "init_distributed_process_group",
+    "setup_distributed_process_group",
+]

@@ -58,6 +58,8 @@ def _backend(backend: str | None, device: torch.device) -> str:
     name = str(backend).lower()
     if name not in _BACKENDS:
         raise ConfigurationError(f"backend={backend!r}: expected one of {', '.join(_BACKENDS)}")
+    if name == "nccl" and device.type != "cuda":
+        raise ConfigurationError(f"backend='nccl' needs a CUDA device, got device={device}")
     available = {
         "nccl": dist.is_nccl_available(),
         "gloo": dist.is_gloo_available(),
@@ -65,8 +67,6 @@ def _backend(backend: str | None, device: torch.device) -> str:
     }
     if not available[name]:
         raise ConfigurationError(f"backend={backend!r}: this torch build does not provide it")
-    if name == "nccl" and device.type != "cuda":
-        raise ConfigurationError(f"backend='nccl' needs a CUDA device, got device={device}")
     return name
 
 

@@ -45,6 +45,10 @@ SLURM = srun_task(3, ["n1", "n2"], [2, 2], 1) | {"MASTER_ADDR": "127.0.0.1", "MA
             "MASTER_ADDR is not set",
         ),
         ({}, {"XFFL_FEDERATED_LOCAL_WORLD_SIZE": "two"}, TopologyError, "two"),
+        ({}, SLURM | {"XFFL_HPC_HSDP": "3"}, TopologyError, "hsdp=3"),
+        ({}, SLURM | {"XFFL_HPC_HSDP": "x"}, PlacementError, "XFFL_HPC_HSDP='x'"),
+        ({}, SLURM | {"XFFL_HPC_FEDERATED": "1,2"}, TopologyError, "adds up to 3"),
+        ({}, SLURM | {"XFFL_HPC_FEDERATED": "(2"}, TopologyError, "XFFL_HPC_FEDERATED="),
     ],
 )
 def test_bad_arguments_fail_before_the_rendezvous(
@@ -74,3 +78,16 @@ def test_single_process_state_and_idempotent_cleanup() -> None:
     cleanup_distributed_process_group()
     assert not dist.is_initialized()
     assert state.fsdp_mesh is None
+
+
+def test_hsdp_from_the_environment_and_the_argument_winning() -> None:
+    state = setup_distributed_process_group(environ={"XFFL_HPC_HSDP": "1"})
+    try:
+        assert state.is_hsdp_setup() and state.replica_local_size == 1
+    finally:
+        cleanup_distributed_process_group(state)
+    state = setup_distributed_process_group(hsdp=1, environ={"XFFL_HPC_HSDP": "3"})
+    try:
+        assert state.replica_local_size == 1
+    finally:
+        cleanup_distributed_process_group(state)

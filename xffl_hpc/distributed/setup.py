@@ -17,6 +17,7 @@ from xffl_hpc.distributed.groups import build_meshes_and_groups
 from xffl_hpc.distributed.state import DistributedState
 from xffl_hpc.errors import ConfigurationError, DistributedError
 from xffl_hpc.schedulers import Placement, detect
+from xffl_hpc.schedulers.variables import parse_int
 from xffl_hpc.topology import (
     Topology,
     federated_from_components,
@@ -29,6 +30,9 @@ DEFAULT_TIMEOUT = 600.0
 TIMEOUT_VARIABLE = "XFFL_HPC_TIMEOUT"
 #: The reference's variable: nodes per federated group, e.g. "2,2".
 FEDERATED_NODES_VARIABLE = "XFFL_FEDERATED_LOCAL_WORLD_SIZE"
+#: ``hsdp`` and ``federated`` (in ranks) when not passed, e.g. from a batch script.
+HSDP_VARIABLE = "XFFL_HPC_HSDP"
+FEDERATED_VARIABLE = "XFFL_HPC_FEDERATED"
 _BACKENDS = ("nccl", "gloo", "mpi")
 
 
@@ -165,8 +169,9 @@ def setup_distributed_process_group(
 
     Values not given come from the scheduler environment (:func:`xffl_hpc.detect`), so a
     plain call under srun, mpiexec, torchrun, jsrun or flux run just works. ``hsdp`` is
-    the size of one sharding group; ``federated`` is the size of a federated group in
-    ranks (int) or every group's size (tuple), else ``XFFL_FEDERATED_LOCAL_WORLD_SIZE``
+    the size of one sharding group (else ``XFFL_HPC_HSDP``); ``federated`` is the size
+    of a federated group in ranks (int) or every group's size (tuple), else
+    ``XFFL_HPC_FEDERATED`` (the same, in ranks), else ``XFFL_FEDERATED_LOCAL_WORLD_SIZE``
     (nodes per group), else, with ``federated_from_het``, one group per SLURM het-job
     component. ``streams`` CUDA streams (one process group each) are made on CUDA only.
     ``timeout`` (seconds, default ``XFFL_HPC_TIMEOUT`` or 600) bounds the rendezvous
@@ -199,6 +204,12 @@ def setup_distributed_process_group(
         )
     if streams is not None and streams < 1:
         raise ConfigurationError(f"streams={streams!r}: expected a positive number of streams")
+    hsdp_text = env.get(HSDP_VARIABLE, "").strip()
+    if hsdp is None and hsdp_text:
+        hsdp = parse_int(HSDP_VARIABLE, hsdp_text, minimum=1)
+    federated_text = env.get(FEDERATED_VARIABLE, "").strip()
+    if federated is None and federated_text:
+        federated = parse_federated(federated_text, FEDERATED_VARIABLE)
     nodes_text = env.get(FEDERATED_NODES_VARIABLE, "").strip()
     if federated is None and nodes_text:
         nodes_per_group: tuple[int, ...] | None = parse_federated(

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from xffl_hpc.errors import XfflHpcError
+from xffl_hpc.errors import ConfigurationError, XfflHpcError
 
 
 def _env(args: argparse.Namespace) -> int:
@@ -88,6 +88,37 @@ def _layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emulate(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from xffl_hpc.emulate import emulate
+    from xffl_hpc.topology import parse_federated
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigurationError("emulate needs a command after '--', e.g. -- train.py")
+    if command[0].endswith(".py"):
+        command.insert(0, sys.executable)
+    per_node = parse_federated(args.tasks_per_node, "--tasks-per-node")
+    result = emulate(
+        command,
+        scheduler=args.scheduler,
+        nodes=args.nodes,
+        tasks_per_node=per_node[0] if len(per_node) == 1 else per_node,
+        het=parse_federated(args.het, "--het") if args.het else None,
+        hsdp=args.hsdp,
+        federated=args.federated,
+        launcher=args.launcher,
+        job_id=args.job_id,
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+        grace=args.grace,
+    )
+    return result.returncode
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xffl-hpc", description="Start PyTorch distributed training right on HPC schedulers."
@@ -125,6 +156,29 @@ def _parser() -> argparse.ArgumentParser:
     layout.add_argument("--tasks-per-node", metavar="N", help="ranks on every node")
     layout.add_argument("--node-sizes", metavar="N,N,...", help="ranks on each node ('4,4,2')")
     layout.set_defaults(run=_layout)
+    emulate = commands.add_parser(
+        "emulate",
+        help="run a script as N emulated nodes x M tasks on this host",
+        description="Start one process per rank, each with the variables a real SLURM "
+        "step, PBS mpiexec or torchrun would give it; output is prefixed with the rank; "
+        "when a rank fails every other rank is stopped and its status is the job's.",
+    )
+    emulate.add_argument("--scheduler", choices=("slurm", "pbs", "torchrun"), default="slurm")
+    emulate.add_argument("--nodes", type=int, default=2)
+    emulate.add_argument(
+        "--tasks-per-node", default="2", help="one count, or one per node such as 2,1"
+    )
+    emulate.add_argument("--het", help="SLURM het-job components: nodes in each, e.g. 1,1")
+    emulate.add_argument("--hsdp", type=int, help="sets XFFL_HPC_HSDP for the ranks")
+    emulate.add_argument("--federated", help="sets XFFL_HPC_FEDERATED (ranks), e.g. 2 or 2,6")
+    emulate.add_argument("--launcher", choices=("pmi", "pals"), default="pmi", help="PBS only")
+    emulate.add_argument("--job-id", help="default: this process's id")
+    emulate.add_argument("--log-dir", help="also write each rank's output to rank-N.log here")
+    emulate.add_argument(
+        "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL"
+    )
+    emulate.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
+    emulate.set_defaults(run=_emulate)
     return parser
 
 

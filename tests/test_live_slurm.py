@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,15 @@ def test_broken_environment_exits_2_naming_the_variable(env: dict[str, str]) -> 
     assert done.returncode == 2
     assert "MASTER_PORT=99999" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_example_trains_unchanged_under_srun(env: dict[str, str]) -> None:
+    root = Path(__file__).resolve().parent.parent
+    example = [sys.executable, str(root / "examples" / "federated_mlp.py"), "--steps", "20"]
+    options = ["--nodes=2", "--ntasks-per-node=2"]
+    done = run(["srun", *options, *example, "--federated", "2"], env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "shards agree" in done.stdout
+    final = [line for line in done.stdout.splitlines() if " -> " in line][-1]
+    first, last = (float(part.split()[-1]) for part in final.split(" in ")[0].split(" -> "))
+    assert last < first

@@ -6,6 +6,7 @@ The scheduler adapters import no torch; the distributed API is loaded on first u
 from typing import Any
 
 from xffl_hpc.errors import (
+    CheckpointError,
     ConfigurationError,
     DistributedError,
     HostlistError,
@@ -16,15 +17,21 @@ from xffl_hpc.errors import (
 from xffl_hpc.schedulers import Placement, detect
 
 _DISTRIBUTED = (
+    "REQUEUE_EXIT_STATUS",
+    "Checkpoint",
     "DistributedState",
+    "Preemption",
     "cleanup_distributed_process_group",
     "federated_average",
     "get_appropriate_sharding_strategy",
     "init_distributed_process_group",
+    "load_checkpoint",
+    "save_checkpoint",
     "setup_distributed_process_group",
 )
 
 __all__ = [
+    "CheckpointError",
     "ConfigurationError",
     "DistributedError",
     "HostlistError",

@@ -28,3 +28,25 @@ class DistributedError(XfflHpcError):
 
 class ConfigurationError(XfflHpcError, ValueError):
     """An argument of the distributed set-up is invalid (backend, device, timeout...)."""
+
+
+class CheckpointError(XfflHpcError):
+    """A checkpoint cannot be written, or does not fit the job that loads it."""
+
+
+class JobFailedError(XfflHpcError):
+    """A rank of a submitted job raised, exited non-zero, or ended without a result.
+
+    ``rank`` is the rank that failed first; ``failures`` maps every failed rank to its
+    traceback text (or to what is known of its end).
+    """
+
+    def __init__(self, message: str, job_id: str, rank: int, failures: dict[int, str]) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.rank = rank
+        self.failures = failures
+
+
+class JobTimeoutError(XfflHpcError, TimeoutError):
+    """A submitted job did not finish within the time the caller was willing to wait."""

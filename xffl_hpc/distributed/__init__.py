@@ -1,7 +1,9 @@
 """The distributed core: process group, devices, FSDP/HSDP meshes, federated scaling."""
 
 from xffl_hpc.distributed.aggregation import federated_average
+from xffl_hpc.distributed.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xffl_hpc.distributed.devices import _get_current_device, _get_init_device, _setup_devices
+from xffl_hpc.distributed.preemption import REQUEUE_EXIT_STATUS, Preemption
 from xffl_hpc.distributed.setup import (
     cleanup_distributed_process_group,
     get_appropriate_sharding_strategy,
@@ -11,7 +13,10 @@ from xffl_hpc.distributed.setup import (
 from xffl_hpc.distributed.state import DistributedState
 
 __all__ = [
+    "REQUEUE_EXIT_STATUS",
+    "Checkpoint",
     "DistributedState",
+    "Preemption",
     "_get_current_device",
     "_get_init_device",
     "_setup_devices",
@@ -19,5 +24,7 @@ __all__ = [
     "federated_average",
     "get_appropriate_sharding_strategy",
     "init_distributed_process_group",
+    "load_checkpoint",
+    "save_checkpoint",
     "setup_distributed_process_group",
 ]

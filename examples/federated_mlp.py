@@ -27,9 +27,13 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from xffl_hpc import (
+    REQUEUE_EXIT_STATUS,
     DistributedState,
+    Preemption,
     cleanup_distributed_process_group,
     federated_average,
+    load_checkpoint,
+    save_checkpoint,
     setup_distributed_process_group,
 )
 from xffl_hpc.topology import parse_federated
@@ -58,6 +62,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
     parser.add_argument("--batch", type=int, default=32, help="samples per rank and step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the data")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="folder for sharded checkpoints: resume from it, save every --every steps and "
+        "when the scheduler's warning signal arrives (then exit 75: requeue me)",
+    )
+    parser.add_argument(
+        "--step-time",
+        type=float,
+        default=0.0,
+        help="pad every step to this many seconds, to rehearse preemption on a tiny model",
+    )
     args = parser.parse_args()
     if args.steps < 1 or args.every < 1:
         parser.error("--steps and --every must be positive")
@@ -141,60 +157,96 @@ def global_mean(value: torch.Tensor) -> float:
     return total.item() / dist.get_world_size()
 
 
-def train(state: DistributedState, args: argparse.Namespace) -> None:
-    """Train, averaging across federated groups and logging every ``args.every`` steps."""
+def train(state: DistributedState, args: argparse.Namespace, preemption: Preemption) -> int:
+    """Train, averaging across federated groups and logging every ``args.every`` steps.
+
+    Returns the process's exit status: 0 when done, ``REQUEUE_EXIT_STATUS`` when the
+    scheduler's warning arrived and the ranks checkpointed to be requeued.
+    """
     model = build_model(state, args.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     data = SyntheticRegression(args.seed, state.rank, args.batch, state.current_device)
     federated = state.is_federated_scaling_setup()
     logged: list[float] = []  # global mean loss of each logging interval
     interval: list[torch.Tensor] = []  # this rank's losses since the last log
+    first = 1
+    if args.checkpoint:
+        resumed = load_checkpoint(args.checkpoint, model, optimizer)
+        if resumed is not None:
+            first = resumed.step + 1
+            logged = list(resumed.extra["logged"])
+            interval = list(resumed.extra["interval"])
+            data.inputs.set_state(resumed.extra["data"])
+            if state.rank == 0:
+                print(f"resumed from step {resumed.step} ({resumed.path})", flush=True)
+
+    def checkpoint(step: int) -> None:
+        extra = {"logged": logged, "interval": interval, "data": data.inputs.get_state()}
+        save_checkpoint(args.checkpoint, step, model, optimizer, extra)
+
     start = time.perf_counter()
-    for step in range(1, args.steps + 1):
+    for step in range(first, args.steps + 1):
+        began = time.perf_counter()
         x, y = data.next()
         loss = nn.functional.mse_loss(model(x), y)
         optimizer.zero_grad()
         loss.backward()  # FSDP averages gradients over this rank's sharding/HSDP mesh
         optimizer.step()
         interval.append(loss.detach())
-        if step % args.every and step != args.steps:
-            continue
-        if federated:
-            federated_average(model, state)  # every rank, at the same step
-        check_shards_agree(model, state)
-        logged.append(global_mean(torch.stack(interval).mean()))
-        interval.clear()
-        if state.rank == 0:
-            note = ""
+        time.sleep(max(0.0, args.step_time - (time.perf_counter() - began)))
+        if step % args.every == 0 or step == args.steps:
             if federated:
-                groups = state.federated_world_size
-                note = f"  (averaged across {groups} federated groups: shards agree)"
-            elif state.replica_group is not None:
-                note = "  (HSDP replicas agree)"
-            print(f"step {step}  loss {logged[-1]:.4f}{note}", flush=True)
+                federated_average(model, state)  # every rank, at the same step
+            check_shards_agree(model, state)
+            logged.append(global_mean(torch.stack(interval).mean()))
+            interval.clear()
+            if state.rank == 0:
+                note = ""
+                if federated:
+                    groups = state.federated_world_size
+                    note = f"  (averaged across {groups} federated groups: shards agree)"
+                elif state.replica_group is not None:
+                    note = "  (HSDP replicas agree)"
+                print(f"step {step}  loss {logged[-1]:.4f}{note}", flush=True)
+            if args.checkpoint:
+                checkpoint(step)
+        if args.checkpoint and step < args.steps and preemption.requested():
+            checkpoint(step)
+            if state.rank == 0:
+                print(f"preempted: checkpointed step {step}, asking to be requeued", flush=True)
+            return REQUEUE_EXIT_STATUS
+    seconds = time.perf_counter() - start
+    # A fingerprint of the final weights: a requeued run must end with the very same one.
+    squares = sum(p.to_local().double().square().sum() for p in model.parameters())
+    weights = torch.as_tensor(squares, dtype=torch.float64).reshape(1)
+    dist.all_reduce(weights)
     if state.rank == 0:
-        seconds = time.perf_counter() - start
         print(
-            f"loss {logged[0]:.4f} -> {logged[-1]:.4f} in {args.steps} steps, {seconds:.1f} s",
+            f"loss {logged[0]:.4f} -> {logged[-1]:.4f} in {args.steps} steps, {seconds:.1f} s "
+            f"(weights fingerprint {weights.item():.12g})",
             flush=True,
         )
+    return 0
 
 
 def main() -> None:
     """Set up from the launcher's environment, train, and always tear down."""
     args = parse_args()
     torch.set_num_threads(1)  # a tiny model; several ranks may share a node's cores
-    state = setup_distributed_process_group(
-        hsdp=args.hsdp, federated=args.federated, federated_from_het=args.federated_from_het
-    )
-    try:
-        if state.rank == 0:
-            print(state, flush=True)
-            if state.world_size <= 64:
-                print(state.topology.describe(), flush=True)
-        train(state, args)
-    finally:
-        cleanup_distributed_process_group(state)
+    with Preemption() as preemption:
+        state = setup_distributed_process_group(
+            hsdp=args.hsdp, federated=args.federated, federated_from_het=args.federated_from_het
+        )
+        try:
+            if state.rank == 0:
+                print(state, flush=True)
+                if state.world_size <= 64:
+                    print(state.topology.describe(), flush=True)
+            status = train(state, args, preemption)
+        finally:
+            cleanup_distributed_process_group(state)
+        if status == REQUEUE_EXIT_STATUS:
+            preemption.exit_for_requeue()
 
 
 if __name__ == "__main__":

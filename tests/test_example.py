@@ -22,7 +22,11 @@ STEP_LINE = re.compile(
     r"^step (\d+)  loss (\d+\.\d+)  \(averaged across (\d+) federated groups: shards agree\)$",
     re.MULTILINE,
 )
-FINAL_LINE = re.compile(r"^loss (\d+\.\d+) -> (\d+\.\d+) in (\d+) steps, \d+\.\d+ s$", re.MULTILINE)
+FINAL_LINE = re.compile(
+    r"^loss (\d+\.\d+) -> (\d+\.\d+) in (\d+) steps, \d+\.\d+ s "
+    r"\(weights fingerprint ([\d.e+-]+)\)$",
+    re.MULTILINE,
+)
 
 
 @dataclass

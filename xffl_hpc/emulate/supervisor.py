@@ -98,6 +98,7 @@ class Supervisor:
         self.grace = grace
         self.lock = threading.Lock()
         self.stop_signal: int | None = None
+        self.processes: list[subprocess.Popen] = []
 
     def _say(self, text: str) -> None:
         with self.lock:
@@ -116,6 +117,14 @@ class Supervisor:
     def _request_stop(self, signum: int, _frame: object) -> None:
         self.stop_signal = signum
 
+    def _forward(self, signum: int, _frame: object) -> None:
+        """Pass SIGUSR1/SIGUSR2 on to every running rank, as srun does."""
+        self._say(f"{signal.Signals(signum).name} received; passing it on to every rank")
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
+
     def run(self) -> JobResult:
         """Run every rank to its end, or until one fails or we are interrupted."""
         count = len(self.environments)
@@ -125,7 +134,7 @@ class Supervisor:
         if self.log_dir is not None:
             self.log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
             logs = [open(self.log_dir / f"rank-{r}.log", "w") for r in range(count)]  # noqa: SIM115
-        processes = [
+        self.processes = processes = [
             subprocess.Popen(
                 self.command,
                 env=environ,
@@ -154,6 +163,9 @@ class Supervisor:
             previous = {
                 sig: signal.signal(sig, self._request_stop)
                 for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            previous |= {
+                sig: signal.signal(sig, self._forward) for sig in (signal.SIGUSR1, signal.SIGUSR2)
             }
         try:
             result = self._watch(processes, started)

@@ -178,7 +178,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCK
+# cred_expire: also how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=socket=$MUNGE_SOCK,cred_expire=10
 StateSaveLocation=$DIR/state
 SlurmctldPidFile=$CTLD_PID
 SlurmctldLogFile=$DIR/log/slurmctld.log

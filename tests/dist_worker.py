@@ -6,6 +6,7 @@ Run as ``python -m tests.dist_worker '<json options>'`` with a scheduler environ
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from typing import Any
@@ -70,9 +71,25 @@ def train(state: Any, steps: int) -> dict[str, Any]:
     return result
 
 
+def crash_before_groups(rank: int) -> None:
+    """Make ``rank`` die after the rendezvous, before the sub-groups are created."""
+    from xffl_hpc.distributed import setup as setup_module
+
+    real = setup_module.check_in
+
+    def check_in(store: Any, phase: str, me: int, *rest: Any) -> None:
+        if phase == "group creation" and me == rank:
+            os._exit(5)
+        real(store, phase, me, *rest)
+
+    setup_module.check_in = check_in
+
+
 def main() -> None:
     options = json.loads(sys.argv[1])
     setup = options.get("setup", {})
+    if "crash_before_groups" in options:
+        crash_before_groups(options["crash_before_groups"])
     try:
         state = setup_distributed_process_group(**setup)
     except Exception as error:

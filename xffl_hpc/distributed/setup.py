@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ import torch.distributed as dist
 
 from xffl_hpc.distributed.devices import _setup_devices, resolve_device
 from xffl_hpc.distributed.groups import build_meshes_and_groups
+from xffl_hpc.distributed.rendezvous import check_in, rendezvous
 from xffl_hpc.distributed.state import DistributedState
 from xffl_hpc.errors import ConfigurationError, DistributedError
 from xffl_hpc.schedulers import Placement, detect
@@ -84,7 +86,8 @@ def _placement(placement: Placement, given: dict[str, Any]) -> Placement:
 
 
 def init_distributed_process_group(state: DistributedState) -> None:
-    """Join the default process group (``tcp://`` rendezvous; a local store for 1 rank)."""
+    """Join the default process group: every rank checks in at a TCP store that rank 0
+    serves at ``master_addr:master_port`` (a local store for 1 rank)."""
     if dist.is_initialized():
         if (dist.get_rank(), dist.get_world_size()) != (state.rank, state.world_size):
             raise DistributedError(
@@ -93,19 +96,31 @@ def init_distributed_process_group(state: DistributedState) -> None:
                 "cleanup_distributed_process_group first"
             )
         return
-    options: dict[str, Any] = {"rank": state.rank, "world_size": state.world_size}
     if state.world_size == 1:
-        options["store"] = dist.HashStore()
+        store: dist.Store = dist.HashStore()
     else:
-        host = f"[{state.master_addr}]" if ":" in state.master_addr else state.master_addr
-        options["init_method"] = f"tcp://{host}:{state.master_port}"
+        if state.master_port is None:
+            raise ConfigurationError(
+                "master_port is not set and the environment gives none: set MASTER_PORT"
+            )
+        store = rendezvous(
+            state.master_addr, state.master_port, state.rank, state.world_size, state.timeout
+        )
     try:
-        dist.init_process_group(state.backend, timeout=state.timeout, **options)
+        dist.init_process_group(
+            state.backend,
+            store=dist.PrefixStore("default_pg", store),
+            rank=state.rank,
+            world_size=state.world_size,
+            timeout=state.timeout,
+        )
     except (RuntimeError, ValueError) as error:
         raise DistributedError(
-            f"rank {state.rank} of {state.world_size} could not join the rendezvous at "
-            f"{state.master_addr}:{state.master_port} within {state.timeout}: {error}"
+            f"rank {state.rank} of {state.world_size} joined the rendezvous at "
+            f"{state.master_addr}:{state.master_port} but could not start the "
+            f"{state.backend} process group within {state.timeout}: {error}"
         ) from error
+    state.store = store
 
 
 def _gather_nodes(placement: Placement) -> list[tuple[int | None, str, int | None]]:
@@ -325,6 +340,8 @@ def _finish(
     state.current_device, state.init_device, state.meta_initialization = _setup_devices(state)
     if copies > 1:
         state.streams = tuple(torch.cuda.Stream(state.current_device) for _ in range(copies))
+    if state.store is not None and state.world_size > 1:
+        check_in(state.store, "group creation", state.rank, state.world_size, state.timeout)
     build_meshes_and_groups(state, copies)
 
 
@@ -341,8 +358,13 @@ def cleanup_distributed_process_group(
         state.fsdp_mesh = state.hsdp_mesh = None
         state.federated_group = state.replica_group = None
         state.federation = None
+        state.store = None
     if dist.is_initialized():
         dist.destroy_process_group()
+    # Free the groups now, while the interpreter is whole: FSDP modules and meshes sit in
+    # reference cycles that only the cycle collector frees, and a gloo group destroyed
+    # during interpreter shutdown can abort the process (SIGABRT) after a clean run.
+    gc.collect()
 
 
 def get_appropriate_sharding_strategy(state: DistributedState) -> Any:

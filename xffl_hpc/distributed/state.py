@@ -56,6 +56,7 @@ class DistributedState:
     init_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     meta_initialization: bool = False
     streams: tuple[Any, ...] | None = None
+    store: dist.Store | None = field(default=None, repr=False)
 
     @property
     def mesh(self) -> DeviceMesh | None:

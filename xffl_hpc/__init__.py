@@ -10,6 +10,8 @@ from xffl_hpc.errors import (
     ConfigurationError,
     DistributedError,
     HostlistError,
+    JobFailedError,
+    JobTimeoutError,
     PlacementError,
     TopologyError,
     XfflHpcError,
@@ -29,18 +31,24 @@ _DISTRIBUTED = (
     "save_checkpoint",
     "setup_distributed_process_group",
 )
+#: ``submit`` lives in ``xffl_hpc.submission`` (a module named ``submit`` would replace
+#: this function as an attribute of the package once imported).
+_SUBMISSION = ("SubmittedJob", "submit")
 
 __all__ = [
     "CheckpointError",
     "ConfigurationError",
     "DistributedError",
     "HostlistError",
+    "JobFailedError",
+    "JobTimeoutError",
     "Placement",
     "PlacementError",
     "TopologyError",
     "XfflHpcError",
     "detect",
     *_DISTRIBUTED,
+    *_SUBMISSION,
 ]
 __version__ = "0.1.0"
 
@@ -50,4 +58,8 @@ def __getattr__(name: str) -> Any:
         from xffl_hpc import distributed
 
         return getattr(distributed, name)
+    if name in _SUBMISSION:
+        from xffl_hpc import submission
+
+        return getattr(submission, name)
     raise AttributeError(f"module 'xffl_hpc' has no attribute {name!r}")

@@ -119,6 +119,48 @@ def _emulate(args: argparse.Namespace) -> int:
     return result.returncode
 
 
+def _submit(args: argparse.Namespace) -> int:
+    import os
+
+    from xffl_hpc.errors import JobFailedError
+    from xffl_hpc.submission import submit
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigurationError("submit needs a script after '--', e.g. -- train.py --epochs 2")
+    # the ranks' logs then hold the script's output, not submitit's progress lines
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "WARNING")
+    job = submit(
+        command[0],
+        *command[1:],
+        nodes=args.nodes,
+        tasks_per_node=args.tasks_per_node,
+        cluster=args.cluster,
+        folder=args.folder,
+        timeout_min=args.timeout_min,
+        partition=args.partition,
+        name=args.name,
+    )
+    print(job.job_id, flush=True)
+    print(f"xffl-hpc: logs in {job.submitit_job.paths.folder}", file=sys.stderr)
+    if not args.wait:
+        return 0
+    try:
+        job.result()
+    except JobFailedError as error:
+        sys.stdout.write(job.stdout(0) or "")
+        print(f"xffl-hpc: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(job.stdout(0) or "")
+    print(
+        f"xffl-hpc: job {job.job_id}: all {job.world_size} ranks exited with status 0",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xffl-hpc", description="Start PyTorch distributed training right on HPC schedulers."
@@ -179,6 +221,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     emulate.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     emulate.set_defaults(run=_emulate)
+    submit = commands.add_parser(
+        "submit",
+        help="submit a script as N nodes x M tasks with submitit (SLURM, PBS or local)",
+        description="Submit 'python SCRIPT ARGS...' (this Python, arguments verbatim, no "
+        "shell) as one task per rank; print the job id; with --wait, print rank 0's "
+        "output and how the job ended (status 1 when a rank failed).",
+    )
+    submit.add_argument("--nodes", type=int, default=1)
+    submit.add_argument("--tasks-per-node", type=int, default=1)
+    submit.add_argument(
+        "--cluster", choices=("slurm", "pbs", "local"), help="default: submitit's choice"
+    )
+    submit.add_argument("--folder", default="xffl-jobs/%j", help="logs and pickles (%%j: job id)")
+    submit.add_argument("--timeout-min", type=int, default=60, help="wall-clock limit")
+    submit.add_argument("--partition", help="SLURM partition or PBS queue")
+    submit.add_argument("--name", help="job name (default: xffl-SCRIPT)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job's end")
+    submit.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
+    submit.set_defaults(run=_submit)
     return parser
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from xffl_hpc.errors import PlacementError
 from xffl_hpc.schedulers.records import Launch
-from xffl_hpc.schedulers.variables import read_int
+from xffl_hpc.schedulers.variables import quote, read_int
 
 
 def env_launch(environ: Mapping[str, str], underlying: Launch | None, host: str) -> Launch | None:
@@ -25,7 +25,7 @@ def env_launch(environ: Mapping[str, str], underlying: Launch | None, host: str)
     if rank is None or size is None:
         have, lack = ("RANK", "WORLD_SIZE") if rank is not None else ("WORLD_SIZE", "RANK")
         raise PlacementError(
-            f"{have}={environ[have].strip()!r} is set but {lack} is not: env:// needs both"
+            f"{have}={quote(environ[have].strip())} is set but {lack} is not: env:// needs both"
         )
     local = read_int(environ, "LOCAL_RANK")
     local_size = read_int(environ, "LOCAL_WORLD_SIZE", minimum=1)

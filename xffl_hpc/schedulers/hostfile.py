@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from xffl_hpc.errors import PlacementError
 from xffl_hpc.schedulers.hostlist import MAX_HOSTS
 from xffl_hpc.schedulers.variables import quote
@@ -14,12 +16,13 @@ def read_slots(variable: str, path: str) -> tuple[str, ...]:
     """The non-blank lines of the file ``path`` named by ``variable``, one per slot."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
     except OSError as error:
         raise PlacementError(
             f"{variable}={quote(path)}: cannot read the host file ({error.strerror})"
         ) from None
-    if len(data) > MAX_BYTES:
+    if size > MAX_BYTES or len(data) > MAX_BYTES:
         raise PlacementError(f"{variable}={quote(path)}: host file larger than {MAX_BYTES} bytes")
     try:
         text = data.decode()

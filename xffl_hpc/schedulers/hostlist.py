@@ -44,6 +44,7 @@ from operator import itemgetter, le, sub
 from typing import NamedTuple, NoReturn
 
 from xffl_hpc.errors import HostlistError
+from xffl_hpc.schedulers.variables import quote
 
 __all__ = [
     "MAX_EXPANDED_LENGTH",
@@ -83,7 +84,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _UNUSABLE = re.compile(r"[\x00-\x1f\x7f, \[\]]")
 _PLAIN_RANGES = re.compile(r"[0-9]{1,19}(?:-[0-9]{1,19})?(?:,[0-9]{1,19}(?:-[0-9]{1,19})?)*")
 _RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
-_QUOTE_LIMIT = 80
 
 _Range = tuple[int, int, int]
 """``(low, high, width)`` of one range."""
@@ -111,13 +111,6 @@ class _Run:
         """``low`` or ``low-high`` as a range list item."""
         low = f"{self.low:0{self.width}d}"
         return low if self.high == self.low else f"{low}-{self.high:0{self.width}d}"
-
-
-def _quote(value: str) -> str:
-    """``repr`` of ``value``, shortened to about 80 characters."""
-    if len(value) <= _QUOTE_LIMIT:
-        return repr(value)
-    return f"{value[:_QUOTE_LIMIT]!r}... ({len(value)} characters)"
 
 
 def _measure(ranges: list[_Range]) -> tuple[int, int]:
@@ -167,7 +160,7 @@ class _Parser:
 
     def fail(self, reason: str) -> NoReturn:
         """Raise a HostlistError naming the variable, its value and ``reason``."""
-        raise HostlistError(f"{self.variable}={_quote(self.text)}: {reason}")
+        raise HostlistError(f"{self.variable}={quote(self.text)}: {reason}")
 
     def _spans(self) -> Iterator[tuple[int, int]]:
         """``(start, end)`` of each name; separators between paired brackets stay inside."""
@@ -277,14 +270,14 @@ class _Parser:
         else:
             high = low
         if low > high:
-            self.fail(f"reversed range {item!r} at position {position}")
+            self.fail(f"reversed range {quote(item)} at position {position}")
         if high - low >= MAX_RANGE:
-            self.fail(f"range {item!r} at position {position} has more than {MAX_RANGE} hosts")
+            self.fail(f"range {quote(item)} at position {position} has more than {MAX_RANGE} hosts")
         return low, high, len(low_text)
 
     def _invalid(self, item: str, position: int) -> NoReturn:
         """Refuse the range ``item`` found at ``position``."""
-        self.fail(f"invalid range {item!r} at position {position}")
+        self.fail(f"invalid range {quote(item)} at position {position}")
 
     def _strtoul(self, text: str, position: int) -> tuple[int, int]:
         """C ``strtoul(text, &end, 10)``: the value and how many characters it used (0: none)."""
@@ -302,7 +295,7 @@ class _Parser:
                 return 0, 0
         digits = text[start:end].lstrip("0") or "0"
         if len(digits) > len(str(_ULONG_MAX)) or int(digits) > _ULONG_MAX:
-            self.fail(f"number {text[start:end]!r} at position {position} exceeds 2**64-1")
+            self.fail(f"number {quote(text[start:end])} at position {position} exceeds 2**64-1")
         value = int(digits)
         return (-value) % 2**64 if negative else value, end
 
@@ -349,13 +342,13 @@ def compress(hosts: Iterable[str]) -> str:
     cannot appear in an expression (empty, or holding a separator, bracket or control character).
     """
     if isinstance(hosts, str):
-        raise HostlistError(f"hosts={_quote(hosts)}: expected host names, not one string")
+        raise HostlistError(f"hosts={quote(hosts)}: expected host names, not one string")
     runs: list[str | _Run] = []
     for index, host in enumerate(hosts):
         if not isinstance(host, str):
             raise HostlistError(f"hosts[{index}]: expected a string, got {type(host).__name__}")
         if not host or _UNUSABLE.search(host):
-            raise HostlistError(f"hosts[{index}]={_quote(host)}: not usable in a hostlist")
+            raise HostlistError(f"hosts[{index}]={quote(host)}: not usable in a hostlist")
         stem = host.rstrip(_DIGITS)
         digits = host[len(stem) :]
         significant = digits.lstrip("0") or "0"

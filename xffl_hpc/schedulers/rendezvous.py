@@ -6,6 +6,7 @@ import socket
 import zlib
 
 from xffl_hpc.errors import PlacementError
+from xffl_hpc.schedulers.variables import quote
 
 #: Derived ports lie in ``PORT_BASE .. PORT_BASE + PORT_SPAN - 1``: below Linux's default
 #: ephemeral range (32768-60999), so an outgoing connection never holds one by chance.
@@ -41,12 +42,12 @@ def interface_address(ifname: str, variable: str) -> str:
     interfaces = psutil.net_if_addrs()
     if ifname not in interfaces:
         raise PlacementError(
-            f"{variable}={ifname!r}: no such network interface on {socket.gethostname()} "
+            f"{variable}={quote(ifname)}: no such network interface on {socket.gethostname()} "
             f"(have: {', '.join(sorted(interfaces))})"
         )
     for address in interfaces[ifname]:
         if address.family == socket.AF_INET:
             return address.address
     raise PlacementError(
-        f"{variable}={ifname!r}: the interface has no IPv4 address on {socket.gethostname()}"
+        f"{variable}={quote(ifname)}: the interface has no IPv4 address on {socket.gethostname()}"
     )

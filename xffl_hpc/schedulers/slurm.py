@@ -22,7 +22,7 @@ def parse_tasks_per_node(name: str, text: str) -> tuple[int, ...]:
         match = _TASKS_ITEM.fullmatch(item.strip())
         if match is None:
             raise PlacementError(
-                f"{name}={quote(text)}: {item.strip()!r} is not a count or COUNT(xREPEAT), "
+                f"{name}={quote(text)}: {quote(item.strip())} is not a count or COUNT(xREPEAT), "
                 "as in '4(x2),2'"
             )
         value = parse_int(name, match.group(1), minimum=1)

@@ -192,7 +192,9 @@ TmpFS=$DIR/tmp/%n
 SlurmctldDebug=info
 SlurmdDebug=info
 SlurmdParameters=config_overrides
-ProctrackType=proctrack/linuxproc
+# pgid, not linuxproc: linuxproc follows parent ids, so a task's child orphaned by the
+# task's death escapes it and outlives the job (and holds srun's output open)
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SchedulerType=$SCHED
 SchedulerParameters=bf_interval=1,sched_interval=1

@@ -72,3 +72,24 @@ def launch(
         for process in processes:
             _kill_tree(process)
     return results
+
+
+def printed_pids(output: str) -> list[int]:
+    """The pids that ``tests/rank_script.py`` ranks print (``pids RANK_PID CHILD_PID``)."""
+    return [int(p) for line in output.splitlines() if "pids " in line for p in line.split()[-2:]]
+
+
+def all_gone(found: list[int], wait: float = 5.0) -> bool:
+    """Whether every process in ``found`` has ended (zombies count), within ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        alive = []
+        for pid in found:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return not alive
+        time.sleep(0.1)

@@ -2,7 +2,8 @@
 
 Every rank prints its pid and starts a child (``sleep``) so tests can check that no
 process outlives the job. Modes: ``sleep`` (wait), ``fail R`` (rank R exits 1),
-``kill R`` (rank R SIGKILLs itself), ``stubborn`` (ignore SIGTERM), ``allreduce``.
+``kill R`` (rank R SIGKILLs itself), ``stubborn`` (ignore SIGTERM), ``allreduce``,
+``collective R`` (rank R raises while the others wait in an all-reduce).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def main() -> None:
     rank = int(os.environ.get("SLURM_PROCID") or os.environ.get("PMI_RANK") or os.environ["RANK"])
     child = subprocess.Popen(["sleep", "120"])
     print(f"pids {os.getpid()} {child.pid}", flush=True)
-    if mode == "allreduce":
+    target = int(sys.argv[2]) if len(sys.argv) > 2 else -1
+    if mode in ("allreduce", "collective"):
         import torch
         import torch.distributed as dist
 
@@ -27,6 +29,9 @@ def main() -> None:
 
         state = setup_distributed_process_group(timeout=60)
         value = torch.tensor([rank + 1.0])
+        if rank == target:  # the others wait for it inside the all-reduce
+            time.sleep(0.5)
+            raise RuntimeError(f"rank {rank} fails while its peers are in a collective")
         dist.all_reduce(value)
         print(f"port {state.master_port} sum {value.item():.0f}", flush=True)
         cleanup_distributed_process_group(state)
@@ -34,7 +39,6 @@ def main() -> None:
         return
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    target = int(sys.argv[2]) if len(sys.argv) > 2 else -1
     if rank == target:
         time.sleep(0.5)
         if mode == "fail":

@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.fakeenv import clean_environ
+from tests.multiproc import all_gone, printed_pids
 from xffl_hpc import ConfigurationError
 from xffl_hpc.emulate import emulate
 
@@ -38,20 +38,6 @@ def placements(output: str) -> list[dict]:
         if text.startswith("{"):
             found[int(rank.lstrip("["))] = json.loads(text)
     return [found[rank] for rank in sorted(found)]
-
-
-def pids(output: str) -> list[int]:
-    return [int(p) for line in output.splitlines() if "] pids " in line for p in line.split()[2:]]
-
-
-def all_gone(found: list[int]) -> bool:
-    for pid in found:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            pass
-    return True
 
 
 @pytest.mark.parametrize(
@@ -94,14 +80,24 @@ def test_a_failing_rank_brings_the_job_down_with_its_status() -> None:
     assert time.monotonic() - started < 10
     assert "rank 2 status 1; stopping the other 3 ranks" in output
     assert "rank 0: killed by SIGTERM" in output
-    assert len(pids(output)) == 8 and all_gone(pids(output))
+    assert len(printed_pids(output)) == 8 and all_gone(printed_pids(output))
 
 
 def test_a_killed_rank_brings_the_job_down() -> None:
     result, output = run([*RANK_SCRIPT, "kill", "1"], nodes=1, tasks_per_node=3)
     assert (result.returncode, result.failed_rank) == (128 + 9, 1)
     assert "rank 1 killed by SIGKILL" in output
-    assert all_gone(pids(output))
+    assert all_gone(printed_pids(output))
+
+
+def test_an_exception_while_peers_wait_in_a_collective_ends_the_job_fast() -> None:
+    started = time.monotonic()
+    result, output = run([*RANK_SCRIPT, "collective", "1"], nodes=2, tasks_per_node=2)
+    assert (result.returncode, result.failed_rank) == (1, 1)
+    assert time.monotonic() - started < 30  # the collective timeout is 60 s
+    assert "RuntimeError: rank 1 fails while its peers are in a collective" in output
+    assert "rank 1 status 1; stopping the other 3 ranks" in output
+    assert len(printed_pids(output)) == 8 and all_gone(printed_pids(output))
 
 
 def test_rank_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
@@ -111,7 +107,7 @@ def test_rank_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
     assert result.returncode == 128 + 9
     assert "rank 1: killed by SIGKILL" in output
     assert time.monotonic() - started < 10
-    assert all_gone(pids(output))
+    assert all_gone(printed_pids(output))
 
 
 def test_interrupt_stops_everything(tmp_path: Path) -> None:
@@ -133,7 +129,7 @@ def test_interrupt_stops_everything(tmp_path: Path) -> None:
     reader.join(timeout=5)
     output = "".join(lines)
     assert "SIGINT received; stopping all ranks" in output
-    assert all_gone(pids(output))
+    assert all_gone(printed_pids(output))
     logs = sorted((tmp_path / "logs").iterdir())
     assert [log.name for log in logs] == [f"rank-{r}.log" for r in range(4)]
     assert logs[0].read_text().startswith("pids ")

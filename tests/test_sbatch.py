@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.live_slurm import placements, require_cluster, run
-from tests.multiproc import ROOT
+from tests.multiproc import ROOT, all_gone, printed_pids
 
 pytestmark = pytest.mark.slurm
 
 SBATCH = ROOT / "slurm" / "xffl.sbatch"
 EXAMPLE = ROOT / "examples" / "federated_mlp.py"
+RANK_SCRIPT = ROOT / "tests" / "rank_script.py"
 #: Hard limit on waiting for a job that is not run with ``sbatch --wait``.
 JOB_TIMEOUT = 150
 
@@ -180,18 +181,24 @@ def test_arguments_reach_the_script_verbatim(env: dict[str, str], tmp_path: Path
     assert not list(tmp_path.glob("PWNED*"))
 
 
-def test_a_failing_rank_fails_the_job_fast_and_srun_names_it(
-    env: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize(
+    ("mode", "named"),
+    [
+        ("fail", "task 3: Exited with exit code 1"),
+        ("kill", "task 3: Killed"),
+        ("collective", "task 3: Exited with exit code 1"),
+    ],
+)
+def test_a_dying_rank_ends_the_job_fast_named_and_leaves_nothing(
+    env: dict[str, str], tmp_path: Path, mode: str, named: str
 ) -> None:
-    fail_on_rank_3 = [
-        "-c",
-        "import os, sys, time\nif os.environ['SLURM_PROCID'] == '3': sys.exit(7)\ntime.sleep(60)",
-    ]
     started = time.monotonic()
-    done, job = sbatch(env, tmp_path, str(SBATCH), *fail_on_rank_3)
-    assert time.monotonic() - started < 45  # --kill-on-bad-exit: no wait for the sleepers
-    # srun's status is the highest of its tasks': the ones it terminated count 143.
-    assert done.returncode != 0
+    done, job = sbatch(env, tmp_path, str(SBATCH), str(RANK_SCRIPT), mode, "3")
+    assert time.monotonic() - started < 45  # --kill-on-bad-exit: no waiting for the others
     output = job_output(tmp_path, job)
-    assert "task 3: Exited with exit code 7" in output
+    # srun's status is the highest of its tasks': the ones it terminated count 143.
+    assert done.returncode != 0, output[-3000:]
+    assert named in output, output[-3000:]
     assert f"srun ended with status {done.returncode}" in output
+    found = printed_pids(output)
+    assert len(found) == 8 and all_gone(found), output[-3000:]

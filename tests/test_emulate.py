@@ -182,3 +182,14 @@ def test_cli_without_command_exits_2() -> None:
     )
     assert done.returncode == 2
     assert "needs a command" in done.stderr
+
+
+def test_log_dir_holds_each_ranks_output_and_is_not_open_to_others(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    result, _ = run(ENV_JSON, nodes=1, tasks_per_node=2, log_dir=logs)
+    assert result.returncode == 0
+    for rank in (0, 1):
+        log = logs / f"rank-{rank}.log"
+        assert json.loads(log.read_text())["rank"] == rank
+        assert stat.S_IMODE(log.stat().st_mode) & 0o002 == 0
+    assert stat.S_IMODE(logs.stat().st_mode) & 0o007 == 0

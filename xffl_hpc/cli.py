@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -11,9 +12,16 @@ from xffl_hpc.errors import ConfigurationError, XfflHpcError
 
 
 def _env(args: argparse.Namespace) -> int:
+    from xffl_hpc.network import choose_interface
     from xffl_hpc.schedulers import detect
 
-    data = detect().to_json()
+    placement = detect()
+    data = placement.to_json()
+    try:
+        data["interface"] = str(choose_interface(placement.hostnames or (), socket.gethostname()))
+    except XfflHpcError as error:
+        data["interface"] = None
+        print(f"xffl-hpc: warning: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps(data))
         return 0

@@ -3,6 +3,7 @@ that never arrives is named instead of waited for in silence."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import time
@@ -83,34 +84,78 @@ def open_store(
         ) from error
 
 
-def check_in(store: dist.Store, phase: str, rank: int, world_size: int, timeout: timedelta) -> None:
-    """Wait until all ``world_size`` ranks have checked in for ``phase``; on timeout raise
-    naming the ranks that did not."""
-    store.set(f"xffl/{phase}/rank/{rank}", socket.gethostname())
+FAILED = "xffl/failed"
+#: Seconds between looks at the store for the end of a phase or a failure.
+_POLL = timedelta(seconds=0.5)
+
+
+def fail_everywhere(store: dist.Store, message: str) -> DistributedError:
+    """Tell every rank waiting at a check-in that this job failed; the error to raise."""
+    with contextlib.suppress(RuntimeError, OSError):
+        store.compare_set(FAILED, "", message)
+    return DistributedError(message)
+
+
+def check_in(
+    store: dist.Store,
+    phase: str,
+    rank: int,
+    world_size: int,
+    timeout: timedelta,
+    value: str = "",
+    label: str | None = None,
+) -> None:
+    """Wait until all ``world_size`` ranks have checked in for ``phase`` (each leaves
+    ``value``, default its host name); on timeout raise naming the ranks that did not,
+    and at once when another rank failed (:func:`fail_everywhere`)."""
+    store.set(f"xffl/{phase}/rank/{rank}", value or socket.gethostname())
     if store.add(f"xffl/{phase}/count", 1) == world_size:
         store.set(f"xffl/{phase}/all", "1")
+    deadline = time.monotonic() + timeout.total_seconds()
     try:
-        store.wait([f"xffl/{phase}/all"], timeout)
+        while True:
+            try:
+                store.wait([f"xffl/{phase}/all"], min(_POLL, timeout))
+                return
+            except (RuntimeError, OSError):
+                if store.check([FAILED]):
+                    raise DistributedError(
+                        f"rank {rank} of {world_size}: {store.get(FAILED).decode()}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise
     except (RuntimeError, OSError) as error:
+        label = label or phase
         try:
             missing = [r for r in range(world_size) if not store.check([f"xffl/{phase}/rank/{r}"])]
         except (RuntimeError, OSError):
             raise DistributedError(
-                f"rank {rank} of {world_size}: the {phase} ended without all ranks (rank 0, "
+                f"rank {rank} of {world_size}: the {label} ended without all ranks (rank 0, "
                 "which serves it, stopped waiting first: its message names the missing ranks)"
             ) from error
         raise DistributedError(
             f"rank {rank} of {world_size}: rank(s) {_show_ranks(missing)} did not reach the "
-            f"{phase} within {timeout.total_seconds():g} s ({world_size - len(missing)} of "
+            f"{label} within {timeout.total_seconds():g} s ({world_size - len(missing)} of "
             f"{world_size} arrived); check that those ranks started (their logs), or raise "
             f"XFFL_HPC_TIMEOUT if they are only slow"
         ) from error
 
 
+def gathered(store: dist.Store, phase: str, world_size: int) -> list[str]:
+    """Every rank's check-in value for ``phase``, in rank order."""
+    keys = [f"xffl/{phase}/rank/{r}" for r in range(world_size)]
+    return [value.decode() for value in store.multi_get(keys)]
+
+
+RENDEZVOUS = "rendezvous"
+
+
 def rendezvous(
     host: str, port: int, rank: int, world_size: int, timeout: timedelta
-) -> dist.TCPStore:
-    """The job's store, once every rank has joined it."""
+) -> tuple[dist.TCPStore, list[str]]:
+    """The job's store once every rank has joined it, and every rank's host name."""
     store = open_store(host, port, rank, world_size, timeout)
-    check_in(store, f"rendezvous at {_address(host, port)}", rank, world_size, timeout)
-    return store
+    check_in(
+        store, RENDEZVOUS, rank, world_size, timeout, label=f"rendezvous at {_address(host, port)}"
+    )
+    return store, gathered(store, RENDEZVOUS, world_size)

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from xffl_hpc.distributed.devices import _setup_devices, resolve_device
 from xffl_hpc.distributed.groups import build_meshes_and_groups
+from xffl_hpc.distributed.netcheck import network_check
 from xffl_hpc.distributed.rendezvous import check_in, rendezvous
 from xffl_hpc.distributed.state import DistributedState
 from xffl_hpc.errors import ConfigurationError, DistributedError
@@ -103,9 +104,10 @@ def init_distributed_process_group(state: DistributedState) -> None:
             raise ConfigurationError(
                 "master_port is not set and the environment gives none: set MASTER_PORT"
             )
-        store = rendezvous(
+        store, hosts = rendezvous(
             state.master_addr, state.master_port, state.rank, state.world_size, state.timeout
         )
+        state.interface = network_check(store, state.rank, state.world_size, hosts, state.timeout)
     try:
         dist.init_process_group(
             state.backend,

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
+from xffl_hpc.network import Interface
 from xffl_hpc.schedulers import Placement
 from xffl_hpc.topology import Topology
 
@@ -57,6 +58,7 @@ class DistributedState:
     meta_initialization: bool = False
     streams: tuple[Any, ...] | None = None
     store: dist.Store | None = field(default=None, repr=False)
+    interface: Interface | None = None
 
     @property
     def mesh(self) -> DeviceMesh | None:
@@ -83,6 +85,8 @@ class DistributedState:
             f"mode {self.topology.mode}; device {self.current_device}"
             f" (init on {self.init_device}{', meta' if self.meta_initialization else ''})",
         ]
+        if self.interface is not None:
+            lines.append(f"network: {self.interface}")
         if self.hsdp_mesh is not None:
             lines.append(
                 f"HSDP: shard {self.replica_local_rank} of {self.replica_local_size},"

@@ -33,6 +33,12 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from xffl_hpc import doctor
+
+    return doctor.main()
+
+
 def _hostlist(args: argparse.Namespace) -> int:
     from xffl_hpc.schedulers import hostlist
 
@@ -108,7 +114,7 @@ def _emulate(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise ConfigurationError("emulate needs a command after '--', e.g. -- train.py")
-    if command[0].endswith(".py"):
+    if command[0].endswith(".py") or command[0] == "-m":
         command.insert(0, sys.executable)
     per_node = parse_federated(args.tasks_per_node, "--tasks-per-node")
     result = emulate(
@@ -177,6 +183,15 @@ def _parser() -> argparse.ArgumentParser:
     env = commands.add_parser("env", help="print this process's placement")
     env.add_argument("--json", action="store_true", help="one JSON object on stdout")
     env.set_defaults(run=_env)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check name resolution, interface, port, GPUs and clocks on every rank",
+        description="Run it as a job step on every rank (srun, mpiexec, xffl-hpc emulate): "
+        "each rank prints what it found and one line per problem with its fix; rank 0 "
+        "serves the rendezvous port for a few seconds and the others reach it. Exit 1 "
+        "when any problem is found.",
+    )
+    doctor.set_defaults(run=_doctor)
     hosts = commands.add_parser("hostlist", help="expand or compress a SLURM hostlist")
     hosts.add_argument("action", choices=("expand", "compress"))
     hosts.add_argument(

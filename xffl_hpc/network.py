@@ -118,13 +118,16 @@ def choose_interface(
         return Interface(None, None, "one host")
     interfaces = ipv4_interfaces()
     by_address = {address: name for name, address in interfaces.items()}
-    seen = []
+    seen, remote = [], []
     for peer in others:
         address = resolve(peer)
         seen.append(f"{peer} -> {address or 'unresolved'}")
-        if address is None or is_loopback(address):
-            continue
-        local = source_address(address)
+        if address is None or not (is_loopback(address) or address in by_address):
+            remote.append((peer, address))
+    if not remote:
+        return Interface(None, None, "every host name resolves to this machine")
+    for peer, address in remote:
+        local = source_address(address) if address is not None else None
         if local is not None and not is_loopback(local) and local in by_address:
             return Interface(by_address[local], local, f"routes to {peer} {address}")
     candidates = ", ".join(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import TextIO
 
 import psutil
+
+from xffl_hpc.errors import ConfigurationError
 
 #: How often the supervisor looks at its ranks.
 _POLL = 0.05
@@ -127,6 +130,11 @@ class Supervisor:
 
     def run(self) -> JobResult:
         """Run every rank to its end, or until one fails or we are interrupted."""
+        if shutil.which(self.command[0]) is None:
+            raise ConfigurationError(
+                f"cannot start {self.command[0]!r}: not an executable file or a program on "
+                "PATH (a Python script needs its .py name, a module -m MODULE)"
+            )
         count = len(self.environments)
         self._say(f"starting {count} ranks: {' '.join(self.command)}")
         started = time.monotonic()

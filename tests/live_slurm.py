@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,44 @@ def placements(text: str) -> list[dict[str, Any]]:
     """The JSON placements printed one per line, sorted by rank."""
     found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     return sorted(found, key=lambda p: p["rank"])
+
+
+#: Job states after which a job runs no more (a requeued job passes through others).
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+#: Hard limit on waiting for one job.
+JOB_TIMEOUT = 150
+
+
+def wait_for_job(
+    job: str,
+    query: Callable[[list[str]], subprocess.CompletedProcess],
+    timeout: float = JOB_TIMEOUT,
+) -> int:
+    """Poll ``scontrol`` (through ``query``) until ``job`` has finished; its exit status.
+
+    ``sbatch --wait`` polls every 2 to 10 seconds; this answers within a fraction of one.
+    A job still running after ``timeout`` seconds is cancelled and the test fails.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = query(["scontrol", "-o", "show", "job", job]).stdout
+        fields = dict(part.split("=", 1) for part in shown.split() if "=" in part)
+        if fields.get("JobState") in FINISHED:
+            code, signal = (int(part) for part in fields["ExitCode"].split(":"))
+            return code if code or not signal else 128 + signal
+        if time.monotonic() > deadline:
+            query(["scancel", job])
+            raise AssertionError(f"job {job} still {fields.get('JobState')} after {timeout} s")
+        time.sleep(0.3)
+
+
+def sbatch_and_wait(
+    args: list[str], query: Callable[..., subprocess.CompletedProcess]
+) -> tuple[subprocess.CompletedProcess, str]:
+    """``sbatch --parsable ARGS`` through ``query``, then :func:`wait_for_job`: sbatch's
+    result with the job's exit status as its return code, and the job id."""
+    submitted = query(["sbatch", "--parsable", *args])
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0].splitlines()[-1]
+    submitted.returncode = wait_for_job(job, query)
+    return submitted, job

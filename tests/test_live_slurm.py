@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_slurm import ENV_COMMAND, placements, require_cluster, run
+from tests.live_slurm import ENV_COMMAND, placements, require_cluster, run, sbatch_and_wait
 
 pytestmark = pytest.mark.slurm
 
@@ -60,18 +60,8 @@ def test_srun_cyclic_distribution(env: dict[str, str]) -> None:
 def test_batch_shell_and_salloc_are_single_processes(env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "batch.out"
     command = shlex.join(ENV_COMMAND)
-    batch = run(
-        [
-            "sbatch",
-            "--wait",
-            "--nodes=2",
-            "--ntasks-per-node=2",
-            f"--output={out}",
-            "--wrap",
-            command,
-        ],
-        env,
-    )
+    options = ["--nodes=2", "--ntasks-per-node=2", f"--output={out}", "--wrap", command]
+    batch, _ = sbatch_and_wait(options, lambda args: run(args, env))
     assert batch.returncode == 0, batch.stderr
     interactive = run(["salloc", "--nodes=2", *ENV_COMMAND], env)
     assert interactive.returncode == 0, interactive.stderr
@@ -97,7 +87,7 @@ def test_het_job_components(env: dict[str, str], tmp_path: Path) -> None:
         f"srun --het-group=0,1 {shlex.join(ENV_COMMAND)}\n"
     )
     out = tmp_path / "het.out"
-    done = run(["sbatch", "--wait", f"--output={out}", str(script)], env)
+    done, _ = sbatch_and_wait([f"--output={out}", str(script)], lambda args: run(args, env))
     assert done.returncode == 0, done.stderr
     found = placements(out.read_text())
     assert [(p["rank"], p["het_group"], p["het_size"]) for p in found] == [

@@ -4,12 +4,14 @@ set by hand, bad networks fail fast and named, and real MPI launchers place ever
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.live_slurm import JOB_TIMEOUT, sbatch_and_wait
 from tests.multiproc import ROOT
 from tests.netns import (
     HYDRA_ACROSS_HOSTS,
@@ -27,7 +29,6 @@ EXAMPLE = ROOT / "examples" / "federated_mlp.py"
 TRAIN = [str(EXAMPLE), "--steps", "20", "--every", "10", "--federated", "2"]
 #: Set by hand in the usual workaround; none of them may be needed.
 BY_HAND = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "XFFL_HPC_IFNAME", "MASTER_ADDR")
-JOB_TIMEOUT = 150
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,14 @@ def env() -> dict[str, str]:
 
 
 def sbatch(env: dict[str, str], folder: Path, *args: str) -> tuple[int, str, float]:
-    """``sbatch --wait`` from h1 in ``folder``: exit status, the job's output, seconds."""
+    """Submit from h1 in ``folder`` and wait: exit status, the job's output, seconds."""
+
+    def query(command: list[str]) -> subprocess.CompletedProcess:
+        return on_host("h1", command, env, 30, folder)
+
     started = time.monotonic()
-    done = on_host("h1", ["sbatch", "--wait", "--parsable", *args], env, JOB_TIMEOUT, folder)
+    done, job = sbatch_and_wait(list(args), query)
     seconds = time.monotonic() - started
-    job = done.stdout.strip().split(";")[0]
     output = "".join(path.read_text() for path in folder.glob(f"*{job}*.out"))
     return done.returncode, output + done.stderr, seconds
 

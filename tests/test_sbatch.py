@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_slurm import placements, require_cluster, run
+from tests.live_slurm import JOB_TIMEOUT, placements, require_cluster, run, sbatch_and_wait
 from tests.multiproc import ROOT, all_gone, printed_pids
 
 pytestmark = pytest.mark.slurm
@@ -21,8 +21,6 @@ pytestmark = pytest.mark.slurm
 SBATCH = ROOT / "slurm" / "xffl.sbatch"
 EXAMPLE = ROOT / "examples" / "federated_mlp.py"
 RANK_SCRIPT = ROOT / "tests" / "rank_script.py"
-#: Hard limit on waiting for a job that is not run with ``sbatch --wait``.
-JOB_TIMEOUT = 150
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +31,16 @@ def env() -> dict[str, str]:
 def sbatch(
     env: dict[str, str], folder: Path, *args: str, wait: bool = True
 ) -> tuple[subprocess.CompletedProcess, str]:
-    """Submit slurm/xffl.sbatch from ``folder``; return sbatch's result and the job id."""
-    options = ["--wait"] if wait else []
-    done = run(["sbatch", "--parsable", *options, *args], env, cwd=folder)
-    job = done.stdout.strip().split(";")[0].splitlines()[0] if done.stdout.strip() else ""
-    return done, job
+    """Submit from ``folder``; sbatch's result (with the job's exit status as its return
+    code when ``wait``) and the job id."""
+
+    def query(command: list[str]) -> subprocess.CompletedProcess:
+        return run(command, env, cwd=folder)
+
+    if wait:
+        return sbatch_and_wait(list(args), query)
+    done = query(["sbatch", "--parsable", *args])
+    return done, done.stdout.strip().split(";")[0]
 
 
 def job_output(folder: Path, job: str) -> str:

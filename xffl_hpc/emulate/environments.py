@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from xffl_hpc.schedulers.envrdzv import WORKER_VARIABLES
 from xffl_hpc.schedulers.hostlist import compress
 from xffl_hpc.schedulers.rendezvous import derive_port
 
@@ -27,16 +28,6 @@ SCHEDULER_PREFIXES = (
     "MASTER_",
     "TORCHELASTIC_",
 )
-ENV_RENDEZVOUS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "ROLE_RANK",
-    "ROLE_WORLD_SIZE",
-)
 SCHEDULERS = ("slurm", "pbs", "torchrun")
 LOOPBACK = "127.0.0.1"
 
@@ -46,7 +37,7 @@ def clean_environ() -> dict[str, str]:
     return {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(SCHEDULER_PREFIXES) and key not in ENV_RENDEZVOUS
+        if not key.startswith(SCHEDULER_PREFIXES) and key not in WORKER_VARIABLES
     }
 
 

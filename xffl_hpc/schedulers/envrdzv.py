@@ -9,6 +9,19 @@ from xffl_hpc.errors import PlacementError
 from xffl_hpc.schedulers.records import Launch
 from xffl_hpc.schedulers.variables import quote, read_int
 
+#: What torchrun sets per worker (besides MASTER_ADDR / MASTER_PORT): a process that
+#: starts ranks must not pass its own values on.
+WORKER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+)
+
 
 def env_launch(environ: Mapping[str, str], underlying: Launch | None, host: str) -> Launch | None:
     """The ``env://`` view of this process, or ``None`` when RANK and WORLD_SIZE are unset.

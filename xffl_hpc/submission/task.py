@@ -18,18 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from xffl_hpc.schedulers.envrdzv import WORKER_VARIABLES
+
 #: The ``env://`` variables; in a SLURM or PBS job the ones inherited unchanged from the
 #: submitting process are dropped, as they describe that process, not this task.
-ENV_RENDEZVOUS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
+ENV_RENDEZVOUS = (*WORKER_VARIABLES, "MASTER_ADDR", "MASTER_PORT")
 #: Starts the message of :class:`RankFailed`; followed by the rank, world size, Unix time.
 FAILURE_MARK = "xffl-hpc task failure:"
 #: Lines of a failed script's standard error quoted in its error.

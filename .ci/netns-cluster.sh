@@ -73,6 +73,8 @@ APT_LINE="apt-get install -y iproute2 util-linux slurmctld slurmd slurm-client m
 
 log() { printf '[netns-cluster] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=.ci/cluster-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cluster-common.sh"
 
 need_bins() {
     local missing=() b
@@ -95,21 +97,7 @@ host_addr() { echo "$NET.$((10 + $(host_index "$1")))"; }
 host_addr2() { echo "$NET2.$(host_index "$1").1"; }
 
 # --- process helpers (same conventions as .ci/slurm-cluster.sh) --------------
-alive() {
-    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
-    local st
-    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ "$st" != Z ]]
-}
 
-pid_of() { # pidfile comm
-    local f=$1 comm=$2 pid
-    [[ -s "$f" ]] || return 1
-    pid=$(tr -dc '0-9' <"$f")
-    alive "$pid" || return 1
-    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]] || return 1
-    echo "$pid"
-}
 
 holder_of() { pid_of "$DIR/run/holder-$1.pid" sleep; }
 
@@ -166,18 +154,6 @@ netns_pids() {
     done
 }
 
-stop_pid() { # pid name
-    local pid=$1 name=$2 i
-    alive "$pid" || return 0
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        alive "$pid" || return 0
-        sleep 0.1
-    done
-    log "$name (pid $pid) ignored SIGTERM, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 # --- configuration -----------------------------------------------------------
 ctl_name() { # the controller's name: the root namespace's short host name
@@ -390,14 +366,6 @@ start_slurmd() { # host
     log "slurmd $h: inside host $h, $(host_addr "$h"):$SLURMD_PORT"
 }
 
-show_logs() {
-    local f
-    for f in "$MUNGE_DIR/munged.log" "$DIR"/log/*.log; do
-        [[ -f "$f" ]] || continue
-        printf '\n===== tail %s =====\n' "$f" >&2
-        tail -n 25 "$f" >&2
-    done
-}
 
 all_running() {
     local h

@@ -55,6 +55,8 @@ TAG="XFFL_SLURM_TAG=$DIR"
 
 log() { printf '[slurm-cluster] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=.ci/cluster-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cluster-common.sh"
 
 need_bins() {
     local missing=() b
@@ -70,22 +72,8 @@ need_bins() {
 
 # --- process helpers -------------------------------------------------------
 # alive and not a zombie (an init that is not a real init may reap late)
-alive() {
-    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
-    local st
-    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ "$st" != Z ]]
-}
 
 # pid from a pid file if that process is alive and is the expected program
-pid_of() { # pidfile comm
-    local f=$1 comm=$2 pid
-    [[ -s "$f" ]] || return 1
-    pid=$(tr -dc '0-9' <"$f")
-    alive "$pid" || return 1
-    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]] || return 1
-    echo "$pid"
-}
 
 # every live process of ours: daemons carry the environment marker; a
 # slurmstepd (environ blanked) holds $DIR/log/slurmd-<node>.log open
@@ -114,18 +102,6 @@ descendants() { # pid -> all pids below it
                   if (q == root && p != root) printf "%s ", p } }'
 }
 
-stop_pid() { # pid name
-    local pid=$1 name=$2 i
-    alive "$pid" || return 0
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        alive "$pid" || return 0
-        sleep 0.2
-    done
-    log "$name (pid $pid) ignored SIGTERM, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 nodes_of_conf() { # -> node count recorded by the last `up`
     cat "$DIR/etc/nodes" 2>/dev/null || echo 0
@@ -269,14 +245,6 @@ start_slurmd() { # node
         || { tail -n 30 "$DIR/log/slurmd-$node.log" >&2 || true; die "slurmd $node failed to start"; }
 }
 
-show_logs() {
-    local f
-    for f in "$MUNGE_DIR/munged.log" "$DIR"/log/*.log; do
-        [[ -f "$f" ]] || continue
-        printf '\n===== tail %s =====\n' "$f" >&2
-        tail -n 25 "$f" >&2
-    done
-}
 
 all_running() { # N
     local node

@@ -7,7 +7,6 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from xffl_hpc.distributed.state import DistributedState
 from xffl_hpc.errors import ConfigurationError
@@ -18,6 +17,8 @@ DEFAULT_BUCKET_BYTES = 64 * 2**20
 
 def _local(parameter: torch.Tensor) -> torch.Tensor:
     """The part of a parameter this rank holds (its shard, for FSDP2's DTensors)."""
+    from torch.distributed.tensor import DTensor  # here: importing it costs half a second
+
     return parameter.to_local() if isinstance(parameter, DTensor) else parameter.data
 
 
@@ -42,13 +43,40 @@ def _buckets(tensors: Iterable[torch.Tensor], limit: int) -> Iterator[list[torch
         yield bucket
 
 
-def _reduce(flat: torch.Tensor, group: dist.ProcessGroup, size: int, backend: str) -> None:
-    """Average ``flat`` in place over ``group``; gloo has no AVG, so SUM then divide."""
+def _reduce(flat: torch.Tensor, group: dist.ProcessGroup, size: int, backend: str) -> float:
+    """Reduce ``flat`` in place over ``group``; the factor that still makes it the mean.
+
+    NCCL averages itself (1.0); gloo has no AVG, so it sums and the caller scales by
+    ``1 / size`` on a pass it makes anyway (copying the bucket back).
+    """
     if backend == "nccl":
         dist.all_reduce(flat, op=dist.ReduceOp.AVG, group=group)
-    else:
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        flat.div_(size)
+        return 1.0
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    return 1.0 / size
+
+
+def _scatter_back(flat: torch.Tensor, bucket: list[torch.Tensor], scale: float) -> None:
+    """Copy the (scaled) bucket back into its tensors: one pass over the bytes."""
+    if len(bucket) == 1 and flat.data_ptr() == bucket[0].data_ptr():
+        if scale != 1.0:
+            flat.mul_(scale)
+        return
+    for tensor, averaged in zip(
+        bucket, torch.split(flat, [t.numel() for t in bucket]), strict=True
+    ):
+        if scale != 1.0:
+            torch.mul(averaged.view_as(tensor), scale, out=tensor)
+        else:
+            tensor.copy_(averaged.view_as(tensor))
+
+
+def _flatten(bucket: list[torch.Tensor]) -> torch.Tensor:
+    """One flat tensor for the collective: the tensor itself when it is alone and
+    contiguous (reduced in place, no copies), else a concatenation."""
+    if len(bucket) == 1 and bucket[0].is_contiguous():
+        return bucket[0].view(-1)
+    return torch.cat([tensor.reshape(-1) for tensor in bucket])
 
 
 @torch.no_grad()
@@ -77,21 +105,22 @@ def federated_average(
     if not state.topology.symmetric:
         broadcast_from = state.rank if state.is_sender else state.receive_from
     for index, bucket in enumerate(_buckets(shards, bucket_bytes)):
-        flat = torch.cat([tensor.reshape(-1) for tensor in bucket])
+        flat = _flatten(bucket)
         stream = streams[index % len(streams)] if streams else None
         context = torch.cuda.stream(stream) if stream is not None else nullcontext()
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(flat.device))
         with context:
+            scale = 1.0
             if groups is not None:
                 group = groups[index % len(groups)]
-                _reduce(flat, group, dist.get_world_size(group), state.backend)
+                scale = _reduce(flat, group, dist.get_world_size(group), state.backend)
             if broadcast_from is not None and state.replica_group is not None:
+                if scale != 1.0:  # the receivers get the mean, not the sum
+                    flat.mul_(scale)
+                    scale = 1.0
                 dist.broadcast(flat, src=broadcast_from, group=state.replica_group[0])
-            for tensor, averaged in zip(
-                bucket, torch.split(flat, [t.numel() for t in bucket]), strict=True
-            ):
-                tensor.copy_(averaged.view_as(tensor))
+            _scatter_back(flat, bucket, scale)
     if streams:
         for stream in streams:
             torch.cuda.current_stream().wait_stream(stream)

@@ -22,7 +22,6 @@ from typing import IO, Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from xffl_hpc.errors import CheckpointError
 
@@ -82,6 +81,8 @@ def _barrier() -> None:
 
 def _to_local(tensors: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """CPU copies of this rank's shards; also the keys that were DTensors."""
+    from torch.distributed.tensor import DTensor  # here: importing it costs half a second
+
     local, sharded = {}, []
     for key, value in tensors.items():
         if isinstance(value, DTensor):
@@ -93,6 +94,8 @@ def _to_local(tensors: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def _like(saved: torch.Tensor, target: Any) -> Any:
     """``saved`` (a local shard) as a tensor that fits ``target`` (a DTensor or not)."""
+    from torch.distributed.tensor import DTensor
+
     if not isinstance(target, DTensor):
         return saved
     return DTensor.from_local(

@@ -36,3 +36,29 @@ show_logs() {
         tail -n 25 "$f" >&2
     done
 }
+stop_daemons() { # cancel the jobs (so slurmstepd's exit cleanly), then slurmd's, slurmctld, munged
+    local pid f name
+    if [[ -f "$CONF" ]] && pid_of "$CTLD_PID" slurmctld >/dev/null; then
+        local jobs i
+        jobs=$(SLURM_CONF="$CONF" timeout 5 squeue -h -o '%A' 2>/dev/null || true)
+        if [[ -n "$jobs" ]]; then
+            log "cancelling jobs: ${jobs//$'\n'/ }"
+            # shellcheck disable=SC2086
+            SLURM_CONF="$CONF" timeout 10 scancel $jobs 2>/dev/null || true
+            for ((i = 0; i < 20; i++)); do
+                [[ -z "$(SLURM_CONF="$CONF" timeout 5 squeue -h -o '%A' 2>/dev/null)" ]] && break
+                sleep 0.5
+            done
+        fi
+    fi
+    for f in "$DIR"/run/slurmd-*.pid; do
+        [[ -e "$f" ]] || continue
+        name=${f##*/slurmd-}; name=${name%.pid}
+        if pid=$(pid_of "$f" slurmd); then stop_pid "$pid" "slurmd $name"; fi
+        rm -f "$f"
+    done
+    if pid=$(pid_of "$CTLD_PID" slurmctld); then stop_pid "$pid" slurmctld; fi
+    rm -f "$CTLD_PID"
+    if pid=$(pid_of "$MUNGE_PID" munged); then stop_pid "$pid" munged; fi
+    rm -f "$MUNGE_PID"
+}

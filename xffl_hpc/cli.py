@@ -102,6 +102,16 @@ def _layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(args: argparse.Namespace, missing: str) -> list[str]:
+    """The command after ``--``; ``missing`` is the error when there is none."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigurationError(missing)
+    return command
+
+
 def _emulate(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -109,11 +119,7 @@ def _emulate(args: argparse.Namespace) -> int:
     from xffl_hpc.emulate import emulate
     from xffl_hpc.topology import parse_federated
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ConfigurationError("emulate needs a command after '--', e.g. -- train.py")
+    command = _command(args, "emulate needs a command after '--', e.g. -- train.py")
     if command[0].endswith(".py") or command[0] == "-m":
         command.insert(0, sys.executable)
     per_node = parse_federated(args.tasks_per_node, "--tasks-per-node")
@@ -139,11 +145,7 @@ def _submit(args: argparse.Namespace) -> int:
     from xffl_hpc.errors import JobFailedError
     from xffl_hpc.submission import submit
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ConfigurationError("submit needs a script after '--', e.g. -- train.py --epochs 2")
+    command = _command(args, "submit needs a script after '--', e.g. -- train.py --epochs 2")
     # the ranks' logs then hold the script's output, not submitit's progress lines
     os.environ.setdefault("SUBMITIT_LOG_LEVEL", "WARNING")
     job = submit(

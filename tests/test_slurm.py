@@ -71,6 +71,65 @@ def test_batch_shell_is_a_single_process() -> None:
     assert placement.master_addr == "127.0.0.1"
 
 
+#: A SLURM task outside any step: what srun's task 3 of 4 would have, less the step.
+OUTSIDE_STEP = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_JOB_NODELIST": "n[1-2]",
+    "SLURM_NTASKS": "4",
+    "SLURM_PROCID": "3",
+    "SLURM_NODEID": "1",
+    "SLURM_LOCALID": "1",
+}
+
+
+def test_nonzero_rank_outside_a_step_is_refused() -> None:
+    with pytest.raises(PlacementError) as error:
+        detect(OUTSIDE_STEP, hostname="n2")
+    message = str(error.value)
+    assert message.startswith("SLURM_PROCID=3 but SLURM_STEP_ID is not set: ")
+    assert "SLURM_NTASKS counts the job's tasks" in message
+    assert message.endswith("start the tasks with srun, or set RANK, WORLD_SIZE and LOCAL_RANK")
+
+
+def test_malformed_rank_outside_a_step_names_it() -> None:
+    with pytest.raises(PlacementError, match=r"^SLURM_PROCID='x': expected a whole number"):
+        detect(OUTSIDE_STEP | {"SLURM_PROCID": "x"})
+
+
+@pytest.mark.parametrize(
+    ("launcher_env", "launcher", "rank", "local_rank"),
+    [
+        # Open MPI's mpirun: the rank's SLURM_PROCID is its daemon's node index.
+        (
+            {
+                "OMPI_COMM_WORLD_RANK": "3",
+                "OMPI_COMM_WORLD_SIZE": "4",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+            },
+            "openmpi",
+            3,
+            1,
+        ),
+        # Hydra's mpiexec over ssh: the batch shell's variables are forwarded.
+        (
+            {"PMI_RANK": "2", "PMI_SIZE": "4", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2"},
+            "pmi",
+            2,
+            0,
+        ),
+        # env:// set by hand (or by torchrun) wins over any SLURM variable.
+        ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, "torchrun", 1, 1),
+    ],
+)
+def test_launcher_outside_a_step_wins_over_slurm_procid(
+    launcher_env: dict[str, str], launcher: str, rank: int, local_rank: int
+) -> None:
+    placement = detect(OUTSIDE_STEP | launcher_env, hostname="n2")
+    assert (placement.launcher, placement.rank, placement.world_size) == (launcher, rank, 4)
+    assert (placement.scheduler, placement.local_rank) == ("slurm", local_rank)
+
+
 def test_no_scheduler_is_a_single_process() -> None:
     placement = detect({}, hostname="laptop")
     assert placement.to_json() | {"hostnames": None} == {

@@ -67,7 +67,10 @@ def _launch(environ: Mapping[str, str], alloc: Allocation | None) -> Launch | No
 
 
 def _single_process(environ: Mapping[str, str], host: str) -> Launch:
-    """Rank 0 of 1; under SLURM (a batch or salloc shell) on the node SLURM names."""
+    """Rank 0 of 1; under SLURM (a batch or salloc shell) on the node SLURM names.
+
+    Refused where the environment shows one task of many whose peers it cannot name.
+    """
     orphan = read_str(environ, *_RANK_WITHOUT_SIZE)
     if orphan is not None:
         raise PlacementError(
@@ -80,6 +83,15 @@ def _single_process(environ: Mapping[str, str], host: str) -> Launch:
             f"PBS_TASKNUM={quote(task[1])}: this process was spawned through PBS's TM "
             "interface (pbsdsh), which exports no rank or world size: start it with "
             "mpiexec, or set RANK, WORLD_SIZE and LOCAL_RANK"
+        )
+    procid = read_int(environ, "SLURM_PROCID")
+    if procid is not None and procid[1] != 0:
+        raise PlacementError(
+            f"SLURM_PROCID={procid[1]} but SLURM_STEP_ID is not set: SLURM numbers tasks "
+            "only inside an srun step (a batch or salloc shell is task 0), and without the "
+            "step's variables this task's world size and peers are unknown (SLURM_NTASKS "
+            "counts the job's tasks, not this launch's): start the tasks with srun, or set "
+            "RANK, WORLD_SIZE and LOCAL_RANK"
         )
     node = read_str(environ, "SLURMD_NODENAME")
     return Launch(

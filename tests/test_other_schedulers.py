@@ -170,6 +170,41 @@ def test_mpi_rank_without_local_rank_names_it() -> None:
         detect({"PMI_RANK": "1", "PMI_SIZE": "2"})
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"PALS_RANKID": "1", "PMI_SIZE": "4", "PALS_LOCAL_RANKID": "1", "PALS_NODEID": "5"},
+            "PALS_NODEID=5 with the host count of PBS_NODEFILE=2: the node rank must be in 0..1",
+        ),
+        (
+            {
+                "FLUX_JOB_ID": "f1",
+                "FLUX_TASK_RANK": "1",
+                "FLUX_JOB_SIZE": "2",
+                "FLUX_TASK_LOCAL_ID": "4",
+                "FLUX_JOB_NNODES": "1",
+            },
+            "FLUX_TASK_LOCAL_ID=4 with FLUX_JOB_SIZE=2: the local rank must be in 0..1",
+        ),
+        (
+            {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "3", "GROUP_WORLD_SIZE": "1"},
+            "LOCAL_RANK=3 with WORLD_SIZE=2: the local rank must be in 0..1",
+        ),
+    ],
+)
+def test_derived_counts_are_named_by_the_variables_they_come_from(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    """A count the adapters derive (hosts in a node file, ranks on the only node) is named
+    by the variable it comes from, never by a field name."""
+    if env.get("PALS_RANKID"):
+        env = env | {"PBS_JOBID": "1.srv", "PBS_NODEFILE": nodefile(tmp_path, ["a", "a", "b"])}
+    with pytest.raises(PlacementError) as error:
+        detect(env, hostname="a")
+    assert str(error.value) == named
+
+
 def test_srun_pmi2_agrees_and_stays_srun() -> None:
     env = {
         "SLURM_JOB_ID": "3",

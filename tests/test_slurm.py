@@ -211,6 +211,24 @@ def test_inconsistent_step_names_variables(change: dict[str, str], named: str) -
     assert named in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"SLURM_NODEID": "3"}, "SLURM_NODEID=3 with the host count of SLURM_STEP_NODELIST=3"),
+        (
+            {"SLURM_STEP_TASKS_PER_NODE": "2,2,1,1"},
+            "SLURM_STEP_TASKS_PER_NODE gives 4 node(s) but the host count of SLURM_STEP_NODELIST=3",
+        ),
+    ],
+)
+def test_node_count_from_the_node_list_names_it(change: dict[str, str], named: str) -> None:
+    env = srun_task(100, HOSTS, [2, 2, 2], 1) | change
+    del env["SLURM_STEP_NUM_NODES"]
+    with pytest.raises(PlacementError) as error:
+        detect(env)
+    assert named in str(error.value)
+
+
 def test_gpus_and_cpus_per_task() -> None:
     env = srun_task(5, HOSTS, [1, 1, 1], 0) | {
         "SLURM_GPUS_PER_TASK": "a100:1",

@@ -109,10 +109,12 @@ def _single_process(environ: Mapping[str, str], host: str) -> Launch:
 def _on_one_node(launch: Launch, host: str) -> Launch:
     """A launch whose ranks all share one node: node 0 of 1, that node its host list."""
     one = launch.num_nodes == 1 or launch.local_world_size == launch.world_size
-    if not one or (launch.node_rank == 0 and launch.hostnames and len(launch.hostnames) == 1):
+    done = launch.node_rank == 0 and launch.hostnames and len(launch.hostnames) == 1
+    if not one or (done and launch.local_world_size is not None):
         return launch
     index = _node_rank(launch, host)
     node = launch.hostnames[index] if launch.hostnames and index is not None else host
+    size = launch.sources["world_size"]
     return replace(
         launch,
         local_world_size=launch.world_size,
@@ -120,6 +122,7 @@ def _on_one_node(launch: Launch, host: str) -> Launch:
         num_nodes=1,
         hostnames=(node,),
         tasks_per_node=(launch.world_size,),
+        sources={"local_world_size": size, "tasks_per_node": size, **launch.sources},
     )
 
 
@@ -180,13 +183,16 @@ def detect(environ: Mapping[str, str] | None = None, hostname: str | None = None
     launch = _on_one_node(launch, host)
     node_rank = _node_rank(launch, host)
     hosts = launch.hostnames
-    num_nodes = (
-        launch.num_nodes if launch.num_nodes is not None else (len(hosts) if hosts else None)
-    )
+    num_nodes = launch.num_nodes
+    counted: dict[str, str] = {}
+    if num_nodes is None and hosts:
+        num_nodes = len(hosts)
+        counted["num_nodes"] = f"the host count of {launch.sources.get('hostnames', 'the job')}"
     addr_source, addr = _master_addr(env, launch, node_rank)
     port_source, port = _master_port(env, alloc, launch)
     sources = {
         **(alloc.sources if alloc else {}),
+        **counted,
         **launch.sources,
         "master_addr": addr_source,
         "master_port": port_source,

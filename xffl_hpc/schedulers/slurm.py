@@ -114,6 +114,8 @@ def srun_launch(environ: Mapping[str, str]) -> Launch | None:
     num_nodes = read_int(environ, "SLURM_STEP_NUM_NODES", minimum=1)
     if num_nodes is not None:
         sources["num_nodes"] = num_nodes[0]
+    elif nodes is not None:
+        sources["num_nodes"] = f"the host count of {nodes[0]}"
     counts = None
     per_node = read_str(environ, "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
     if per_node is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xffl_hpc import PlacementError, detect
+from xffl_hpc.schedulers import hostfile
 
 
 def nodefile(tmp_path: Path, lines: list[str]) -> str:
@@ -62,10 +64,102 @@ def check_mpiexec_layout(path: str, hosts: list[str], counts: list[int]) -> None
         assert sorted(local for _, n, local in seen if n == node) == list(range(count))
 
 
-def test_pbs_nodefile_unreadable_names_variable_and_path(tmp_path: Path) -> None:
-    env = {"PBS_JOBID": "1.srv", "PBS_NODEFILE": str(tmp_path / "missing")}
-    with pytest.raises(PlacementError, match=r"PBS_NODEFILE='.*missing': cannot read"):
+#: What Hydra's mpiexec gives rank 6 of 8 (4 per node) on a Torque sister node: the job
+#: shell's PBS variables, forwarded, and the rank's PMI ones.
+TORQUE_SISTER_RANK = {
+    "PBS_JOBID": "5678.torque-server",
+    "PBS_TASKNUM": "1",
+    "PBS_VNODENUM": "0",
+    "PMI_RANK": "6",
+    "PMI_SIZE": "8",
+    "PMI_FD": "9",
+    "MPI_LOCALRANKID": "2",
+    "MPI_LOCALNRANKS": "4",
+}
+
+
+@pytest.mark.parametrize(
+    ("nodefile", "launcher_env", "launcher"),
+    [
+        ("absent", {}, "pmi"),  # forwarded from the job shell; no such file on this node
+        (None, {}, "pmi"),  # not set on the sister node
+        # Open MPI's orted started by tm_spawn: Torque's TM variables, no node file.
+        (
+            None,
+            {
+                "PBS_TASKNUM": "3",
+                "PBS_VNODENUM": "4",
+                "OMPI_COMM_WORLD_RANK": "6",
+                "OMPI_COMM_WORLD_SIZE": "8",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "2",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+            },
+            "openmpi",
+        ),
+        ("absent", {"RANK": "6", "WORLD_SIZE": "8", "LOCAL_RANK": "2"}, "torchrun"),
+    ],
+)
+def test_torque_sister_rank_comes_from_its_launcher_with_hosts_unknown(
+    tmp_path: Path, nodefile: str | None, launcher_env: dict[str, str], launcher: str
+) -> None:
+    env = TORQUE_SISTER_RANK | launcher_env
+    if launcher != "pmi":
+        env = {k: v for k, v in env.items() if not k.startswith(("PMI_", "MPI_"))}
+    if nodefile is not None:
+        env["PBS_NODEFILE"] = str(tmp_path / nodefile)
+    placement = detect(env, hostname="n02")
+    assert (placement.scheduler, placement.launcher) == ("pbs", launcher)
+    assert (placement.rank, placement.world_size, placement.local_rank) == (6, 8, 2)
+    assert (placement.hostnames, placement.node_rank, placement.num_nodes) == (None, None, None)
+    assert placement.master_port is not None
+
+
+def test_torque_sister_process_without_a_rank_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    env = {"PBS_JOBID": "1.srv", "PBS_NODEFILE": str(missing)}
+    with pytest.raises(PlacementError) as error:
         detect(env)
+    message = str(error.value)
+    assert message.startswith(f"PBS_NODEFILE='{missing}' does not exist on this node")
+    assert message.endswith("start the tasks with mpiexec, or set RANK, WORLD_SIZE and LOCAL_RANK")
+
+
+def _unreadable(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / kind
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(b"n1\n\xff\xfe\n")
+    elif kind == "huge":
+        with path.open("wb") as handle:
+            handle.truncate(hostfile.MAX_BYTES + 1)
+    else:
+        path.write_text("n1\n")
+        path.chmod(0)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("folder", "cannot read the host file (Is a directory)"),
+        ("binary", "host file is not UTF-8 text"),
+        ("huge", "host file larger than"),
+        pytest.param(
+            "private",
+            "cannot read the host file (Permission denied)",
+            marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file"),
+        ),
+    ],
+)
+def test_pbs_nodefile_unreadable_but_present_is_an_error(
+    tmp_path: Path, kind: str, named: str
+) -> None:
+    path = _unreadable(tmp_path, kind)
+    for env in ({"PBS_JOBID": "1.srv"}, TORQUE_SISTER_RANK):
+        with pytest.raises(PlacementError) as error:
+            detect(env | {"PBS_NODEFILE": str(path)})
+        assert str(error.value).startswith(f"PBS_NODEFILE='{path}': {named}")
 
 
 def test_pbs_nodefile_line_with_spaces_is_refused(tmp_path: Path) -> None:
@@ -95,6 +189,29 @@ def test_torque_pbsdsh_rank_beyond_nodefile(tmp_path: Path) -> None:
     }
     with pytest.raises(PlacementError, match=r"PBS_VNODENUM=2 but PBS_NODEFILE lists 2 slot"):
         detect(env)
+
+
+@pytest.mark.parametrize(
+    ("nodefile", "named"),
+    [
+        (None, "PBS_VNODENUM=4 is set but PBS_NODEFILE is not set: "),
+        ("absent", "PBS_VNODENUM=4 is set but PBS_NODEFILE='{path}' does not exist on this node"),
+        ("empty", "PBS_VNODENUM=4 is set but PBS_NODEFILE='{path}' lists no host"),
+    ],
+)
+def test_torque_pbsdsh_without_node_file_names_it(
+    tmp_path: Path, nodefile: str | None, named: str
+) -> None:
+    env = {"PBS_JOBID": "1.srv", "PBS_TASKNUM": "3", "PBS_VNODENUM": "4"}
+    path = tmp_path / "nodefile"
+    if nodefile == "empty":
+        path.write_text("\n")
+    if nodefile is not None:
+        env["PBS_NODEFILE"] = str(path)
+    with pytest.raises(PlacementError) as error:
+        detect(env)
+    assert named.format(path=path) in str(error.value)
+    assert "a pbsdsh task needs the job's node file" in str(error.value)
 
 
 def test_torque_pbsdsh_placement(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def _launch(environ: Mapping[str, str], alloc: Allocation | None) -> Launch | No
     return srun or pbs.pbsdsh_launch(environ, alloc)
 
 
-def _single_process(environ: Mapping[str, str], host: str) -> Launch:
+def _single_process(environ: Mapping[str, str], host: str, alloc: Allocation | None) -> Launch:
     """Rank 0 of 1; under SLURM (a batch or salloc shell) on the node SLURM names.
 
     Refused where the environment shows one task of many whose peers it cannot name.
@@ -92,6 +92,14 @@ def _single_process(environ: Mapping[str, str], host: str) -> Launch:
             "step's variables this task's world size and peers are unknown (SLURM_NTASKS "
             "counts the job's tasks, not this launch's): start the tasks with srun, or set "
             "RANK, WORLD_SIZE and LOCAL_RANK"
+        )
+    nodefile = pbs.absent_nodefile(environ, alloc)
+    if nodefile is not None:
+        raise PlacementError(
+            f"PBS_NODEFILE={quote(nodefile)} does not exist on this node, and no launcher "
+            "variable gives this process's rank: Torque writes the node file only on the "
+            "job's first node, so this is a task on another node whose peers are unknown; "
+            "start the tasks with mpiexec, or set RANK, WORLD_SIZE and LOCAL_RANK"
         )
     node = read_str(environ, "SLURMD_NODENAME")
     return Launch(
@@ -173,7 +181,7 @@ def detect(environ: Mapping[str, str] | None = None, hostname: str | None = None
     host = hostname or socket.gethostname()
     alloc = _allocation(env)
     below = _launch(env, alloc)
-    launch = env_launch(env, below, host) or below or _single_process(env, host)
+    launch = env_launch(env, below, host) or below or _single_process(env, host, alloc)
     if launch.local_rank is None:
         raise PlacementError(
             f"{launch.sources['rank']}={launch.rank} is set but "

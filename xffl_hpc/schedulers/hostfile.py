@@ -1,7 +1,9 @@
-"""Host files with one line per slot (PBS's PBS_NODEFILE, LSF's LSB_DJOB_HOSTFILE)."""
+"""Host files with one line per slot (PBS's PBS_NODEFILE, LSF's LSB_DJOB_RANKFILE and
+LSB_DJOB_HOSTFILE)."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 from xffl_hpc.errors import PlacementError
@@ -14,10 +16,23 @@ MAX_BYTES = 64 * MAX_HOSTS
 
 def read_slots(variable: str, path: str) -> tuple[str, ...]:
     """The non-blank lines of the file ``path`` named by ``variable``, one per slot."""
+    slots = read_slots_if_present(variable, path)
+    if slots is None:
+        raise PlacementError(
+            f"{variable}={quote(path)}: cannot read the host file ({os.strerror(errno.ENOENT)})"
+        )
+    return slots
+
+
+def read_slots_if_present(variable: str, path: str) -> tuple[str, ...] | None:
+    """Like :func:`read_slots`, but ``None`` when no file exists at ``path``; any other
+    reason not to read it (permission, size, encoding, format) is still an error."""
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             data = handle.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+    except FileNotFoundError:
+        return None
     except OSError as error:
         raise PlacementError(
             f"{variable}={quote(path)}: cannot read the host file ({error.strerror})"

@@ -14,8 +14,9 @@ from xffl_hpc import PlacementError, detect
 from xffl_hpc.schedulers import hostfile
 
 
-def nodefile(tmp_path: Path, lines: list[str]) -> str:
-    path = tmp_path / "nodefile"
+def nodefile(folder: Path, lines: list[str]) -> str:
+    folder.mkdir(exist_ok=True)
+    path = folder / "nodefile"
     path.write_text("".join(f"{line}\n" for line in lines))
     return str(path)
 
@@ -233,31 +234,114 @@ def test_pbs_job_ids_of_two_jobs_give_two_ports(tmp_path: Path) -> None:
     assert len(ports) == 2
 
 
-def test_lsf_jsrun_skips_the_launch_node() -> None:
-    env = {
-        "LSB_JOBID": "779469",
-        "LSB_MCPU_HOSTS": "batch2 1 h22n07 42 h22n08 42",
-        "JSM_NAMESPACE_RANK": "7",
-        "JSM_NAMESPACE_SIZE": "12",
-        "JSM_NAMESPACE_LOCAL_RANK": "1",
-        "JSM_NAMESPACE_LOCAL_SIZE": "6",
-    }
-    placement = detect(env, hostname="h22n08")
-    assert placement.hostnames == ("h22n07", "h22n08")
-    assert (placement.node_rank, placement.master_addr) == (1, "h22n07")
+JSRUN_RANK_7 = {
+    "JSM_NAMESPACE_RANK": "7",
+    "JSM_NAMESPACE_SIZE": "12",
+    "JSM_NAMESPACE_LOCAL_RANK": "1",
+    "JSM_NAMESPACE_LOCAL_SIZE": "6",
+}
+OPENMPI_RANK_7 = {
+    "OMPI_COMM_WORLD_RANK": "7",
+    "OMPI_COMM_WORLD_SIZE": "13",
+    "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+    "OMPI_COMM_WORLD_LOCAL_SIZE": "6",
+}
 
 
 @pytest.mark.parametrize(
-    ("value", "named"),
+    ("allocation", "launcher_env", "hosts"),
     [
-        ("h1 4 h2", "LSB_MCPU_HOSTS='h1 4 h2': expected pairs"),
-        ("h1 four", "LSB_MCPU_HOSTS='four': expected a whole number"),
+        # Summit: the launch node batch2 is listed first with one slot.
+        ({"LSB_MCPU_HOSTS": "batch2 1 h22n07 42 h22n08 42"}, JSRUN_RANK_7, ("h22n07", "h22n08")),
+        ({"LSB_HOSTS": "batch2 " + "h1 " * 6 + "h2 " * 6}, JSRUN_RANK_7, ("h1", "h2")),
+        # No launch node listed: the first host has as many slots as the others.
+        ({"LSB_MCPU_HOSTS": "h1 6 h2 6"}, JSRUN_RANK_7, ("h1", "h2")),
+        # A first host listed again later holds two slots: a node of the job.
+        ({"LSB_HOSTS": "h1 " + "h2 " * 6 + "h1 " * 5}, JSRUN_RANK_7, ("h1", "h2")),
+        # One host only: nothing to drop.
+        (
+            {"LSB_MCPU_HOSTS": "h1 1"},
+            {
+                "JSM_NAMESPACE_RANK": "0",
+                "JSM_NAMESPACE_SIZE": "1",
+                "JSM_NAMESPACE_LOCAL_RANK": "0",
+                "JSM_NAMESPACE_LOCAL_SIZE": "1",
+            },
+            ("h1",),
+        ),
+        # mpirun (not jsrun) on a CORAL machine starts a rank on the launch node too.
+        ({"LSB_MCPU_HOSTS": "batch2 1 h1 6 h2 6"}, OPENMPI_RANK_7, ("batch2", "h1", "h2")),
     ],
 )
-def test_lsf_malformed_host_pairs(value: str, named: str) -> None:
+def test_lsf_launch_node_dropped_only_under_jsrun_when_listed(
+    allocation: dict[str, str], launcher_env: dict[str, str], hosts: tuple[str, ...]
+) -> None:
+    env = {"LSB_JOBID": "779469"} | allocation | launcher_env
+    placement = detect(env, hostname=hosts[-1])
+    assert placement.hostnames == hosts
+    assert (placement.node_rank, placement.master_addr) == (len(hosts) - 1, hosts[0])
+
+
+@pytest.mark.parametrize(
+    ("variables", "hosts"),
+    [
+        (("LSB_DJOB_RANKFILE", "LSB_DJOB_HOSTFILE", "LSB_MCPU_HOSTS", "LSB_HOSTS"), ("r1", "r2")),
+        (("LSB_DJOB_HOSTFILE", "LSB_MCPU_HOSTS", "LSB_HOSTS"), ("f1", "f2")),
+        (("LSB_MCPU_HOSTS", "LSB_HOSTS"), ("m1", "m2")),
+        (("LSB_HOSTS",), ("w1", "w2")),
+    ],
+)
+def test_lsf_host_sources_in_order(
+    tmp_path: Path, variables: tuple[str, ...], hosts: tuple[str, ...]
+) -> None:
+    """Each source lists other hosts, so the answer shows which one was read: the first."""
+    values = {
+        "LSB_DJOB_RANKFILE": nodefile(tmp_path / "rank", ["r1", "r1", "r2", "r2"]),
+        "LSB_DJOB_HOSTFILE": nodefile(tmp_path / "host", ["f1", "f1", "f2", "f2"]),
+        "LSB_MCPU_HOSTS": "m1 2 m2 2",
+        "LSB_HOSTS": "w1 w1 w2 w2",
+    }
+    env = {"LSB_JOBID": "5"} | {name: values[name] for name in variables}
+    env |= {
+        "OMPI_COMM_WORLD_RANK": "3",
+        "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+        "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+    }
+    placement = detect(env, hostname=hosts[1])
+    assert (placement.hostnames, placement.node_rank) == (hosts, 1)
+    assert placement.sources["hostnames"] == variables[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("LSB_MCPU_HOSTS", "h1 4 h2", "LSB_MCPU_HOSTS='h1 4 h2': expected pairs"),
+        ("LSB_MCPU_HOSTS", "h1 four", "LSB_MCPU_HOSTS='four': expected a whole number"),
+        ("LSB_MCPU_HOSTS", "h1 0", "LSB_MCPU_HOSTS='0': expected a whole number >= 1"),
+        (
+            "LSB_MCPU_HOSTS",
+            "h1 600000 h2 600000",
+            "LSB_MCPU_HOSTS='h1 600000 h2 600000': describes more than 1000000 slots",
+        ),
+        ("LSB_JOBID", "12a", "LSB_JOBID='12a'"),
+        ("LSB_DJOB_RANKFILE", "{tmp}/absent", "LSB_DJOB_RANKFILE='{tmp}/absent': cannot read"),
+        (
+            "LSB_DJOB_RANKFILE",
+            "{tmp}/openmpi",
+            "LSB_DJOB_RANKFILE='{tmp}/openmpi': line 'rank 0=h1 slot=0' is not a single host",
+        ),
+        ("LSB_DJOB_HOSTFILE", "{tmp}/absent", "LSB_DJOB_HOSTFILE='{tmp}/absent': cannot read"),
+    ],
+)
+def test_lsf_malformed_allocation_names_variable(
+    tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    (tmp_path / "openmpi").write_text("rank 0=h1 slot=0\n")
+    env = {"LSB_JOBID": "5", variable: value.format(tmp=tmp_path)}
     with pytest.raises(PlacementError) as error:
-        detect({"LSB_JOBID": "5", "LSB_MCPU_HOSTS": value})
-    assert named in str(error.value)
+        detect(env | JSRUN_RANK_7)
+    assert named.format(tmp=tmp_path) in str(error.value)
 
 
 def test_flux_has_no_host_list_but_a_node_count() -> None:

@@ -108,8 +108,9 @@ def pals_launch(environ: Mapping[str, str], allocation: Allocation | None) -> La
 def jsrun_launch(environ: Mapping[str, str], allocation: Allocation | None) -> Launch | None:
     """IBM JSM ``jsrun`` (LSF on CORAL systems such as Summit and Lassen).
 
-    There the batch script runs on a launch node that LSF lists first in the job's host
-    list and on which ``jsrun`` never starts tasks: it is not one of the job's nodes.
+    There the batch script runs on a launch node that LSF lists first with one slot and
+    on which ``jsrun`` starts no task: a list that starts with a one-slot host followed by
+    others loses that host. A first host with more slots is a node of the job.
     """
     found = launch_from(
         environ,
@@ -120,9 +121,11 @@ def jsrun_launch(environ: Mapping[str, str], allocation: Allocation | None) -> L
         "JSM_NAMESPACE_LOCAL_RANK",
         "JSM_NAMESPACE_LOCAL_SIZE",
     )
-    if found is None or found.hostnames is None or len(found.hostnames) < 2:
+    slots = allocation.slots if allocation else None
+    if found is None or found.hostnames is None or len(found.hostnames) < 2 or not slots:
         return found
-    return replace(found, hostnames=found.hostnames[1:])
+    launch_node = slots.count(slots[0]) == 1
+    return replace(found, hostnames=found.hostnames[1:]) if launch_node else found
 
 
 def flux_launch(environ: Mapping[str, str], allocation: Allocation | None) -> Launch | None:

@@ -332,6 +332,7 @@ def test_lsf_host_sources_in_order(
             "LSB_DJOB_RANKFILE='{tmp}/openmpi': line 'rank 0=h1 slot=0' is not a single host",
         ),
         ("LSB_DJOB_HOSTFILE", "{tmp}/absent", "LSB_DJOB_HOSTFILE='{tmp}/absent': cannot read"),
+        ("LSB_DJOB_HOSTFILE", "a\x00b", "LSB_DJOB_HOSTFILE='a\\x00b': not a file name (NUL byte)"),
     ],
 )
 def test_lsf_malformed_allocation_names_variable(

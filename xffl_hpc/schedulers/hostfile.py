@@ -37,6 +37,8 @@ def read_slots_if_present(variable: str, path: str) -> tuple[str, ...] | None:
         raise PlacementError(
             f"{variable}={quote(path)}: cannot read the host file ({error.strerror})"
         ) from None
+    except ValueError:  # open() refuses a NUL byte, which no file name holds
+        raise PlacementError(f"{variable}={quote(path)}: not a file name (NUL byte)") from None
     if size > MAX_BYTES or len(data) > MAX_BYTES:
         raise PlacementError(f"{variable}={quote(path)}: host file larger than {MAX_BYTES} bytes")
     try:

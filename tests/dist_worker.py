@@ -5,6 +5,7 @@ Run as ``python -m tests.dist_worker '<json options>'`` with a scheduler environ
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -71,18 +72,26 @@ def train(state: Any, steps: int) -> dict[str, Any]:
     return result
 
 
+def numpy_importable() -> bool:
+    try:
+        importlib.import_module("numpy")
+    except ImportError:
+        return False
+    return True
+
+
 def crash_before_groups(rank: int) -> None:
     """Make ``rank`` die after the rendezvous, before the sub-groups are created."""
-    from xffl_hpc.distributed import setup as setup_module
+    from xffl_hpc.distributed.rendezvous import Rendezvous
 
-    real = setup_module.check_in
+    real = Rendezvous.check_in
 
-    def check_in(store: Any, phase: str, me: int, *rest: Any) -> None:
-        if phase == "group creation" and me == rank:
+    def check_in(self: Rendezvous, label: str, *rest: Any) -> str:
+        if label == "group creation" and self.rank == rank:
             os._exit(5)
-        real(store, phase, me, *rest)
+        return real(self, label, *rest)
 
-    setup_module.check_in = check_in
+    Rendezvous.check_in = check_in  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -97,6 +106,7 @@ def main() -> None:
         traceback.print_exc()
         sys.exit(3)
     report: dict[str, Any] = {
+        "numpy_importable": numpy_importable(),
         "rank": state.rank,
         "world_size": state.world_size,
         "node_rank": state.node_rank,

@@ -15,6 +15,8 @@ import psutil
 from tests.fakeenv import clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Put first on the ranks' PYTHONPATH: numpy cannot be imported there.
+TORCH_ONLY = str(ROOT / "tests" / "torch_only")
 #: Hard limit on one multi-process run, start to finish.
 RUN_TIMEOUT = 120.0
 
@@ -40,13 +42,14 @@ def launch(
 ) -> list[RankResult]:
     """Run ``tests.dist_worker`` once per environment and collect each rank's report.
 
-    Every process is killed, with its children, once ``timeout`` seconds have passed.
+    The ranks cannot import numpy (``TORCH_ONLY``). Every process is killed, with its
+    children, once ``timeout`` seconds have passed.
     """
     argument = json.dumps(options)
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.dist_worker", argument],
-            env=clean_environ() | environ,
+            env=clean_environ() | {"PYTHONPATH": TORCH_ONLY} | environ,
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

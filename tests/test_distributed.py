@@ -47,8 +47,10 @@ def pbs_mpiexec_job(tmp_path: Path, counts: list[int]) -> list[dict[str, str]]:
 
 
 def reports(results: list[RankResult]) -> list[dict]:
+    """Every rank's report, once each has succeeded without numpy (tests/torch_only)."""
     for rank, result in enumerate(results):
         assert result.returncode == 0, f"rank {rank} failed:\n{result.stderr[-3000:]}"
+        assert result.report is not None and result.report["numpy_importable"] is False
     return [result.report for result in results]
 
 
@@ -150,6 +152,31 @@ def test_federated_groups_in_nodes_from_the_reference_variable() -> None:
     for report in found:
         assert report["federated_local_size"] == [2, 2]
         assert report["federated_rank"] == report["node_rank"]
+
+
+def test_the_reference_variable_that_does_not_fit_the_nodes_is_named() -> None:
+    environments = slurm_job([1, 1, 1, 1], XFFL_FEDERATED_LOCAL_WORLD_SIZE="1,1")
+    for result in launch(environments, {}, timeout=90):
+        assert result.returncode == 3 and result.report is not None
+        assert result.report["message"] == (
+            "XFFL_FEDERATED_LOCAL_WORLD_SIZE=1,1: the groups add up to 2 nodes but there "
+            "are 4 nodes"
+        )
+
+
+def test_an_explicit_group_local_size_that_the_ranks_contradict_is_named() -> None:
+    port = str(free_port())
+    environments = [
+        {"RANK": str(rank), "WORLD_SIZE": "4", "LOCAL_RANK": str(rank % 2)}
+        | {"GROUP_RANK": str(rank // 2), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        for rank in range(4)
+    ]
+    results = launch(environments, {"setup": {"group_local_size": 4}}, timeout=90)
+    for rank, result in enumerate(results):
+        assert result.returncode == 3 and result.report is not None, result.stderr[-2000:]
+        assert result.report["message"].startswith(
+            f"group_local_size=4 but the ranks found 2 rank(s) on node {rank // 2} "
+        )
 
 
 def test_federated_groups_from_het_job_components() -> None:

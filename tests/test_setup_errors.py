@@ -45,9 +45,28 @@ SLURM = srun_task(3, ["n1", "n2"], [2, 2], 1) | {"MASTER_ADDR": "127.0.0.1", "MA
             "MASTER_ADDR is not set",
         ),
         ({}, {"XFFL_FEDERATED_LOCAL_WORLD_SIZE": "two"}, TopologyError, "two"),
-        ({}, SLURM | {"XFFL_HPC_HSDP": "3"}, TopologyError, "hsdp=3"),
+        ({}, SLURM | {"XFFL_HPC_HSDP": "3"}, TopologyError, "XFFL_HPC_HSDP=3: "),
         ({}, SLURM | {"XFFL_HPC_HSDP": "x"}, PlacementError, "XFFL_HPC_HSDP='x'"),
-        ({}, SLURM | {"XFFL_HPC_FEDERATED": "1,2"}, TopologyError, "adds up to 3"),
+        ({}, SLURM | {"XFFL_HPC_FEDERATED": "1,2"}, TopologyError, "XFFL_HPC_FEDERATED=1,2: "),
+        (
+            {"group_local_size": 4},
+            SLURM,
+            PlacementError,
+            "argument group_local_size=4 but SLURM_STEP_TASKS_PER_NODE gives 2 task(s) to node 1",
+        ),
+        (
+            {"group_world_size": 3},
+            SLURM,
+            PlacementError,
+            "names 2 host(s) but argument group_world_size=3",
+        ),
+        (
+            {},
+            {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_PORT": "1"},
+            ConfigurationError,
+            "MASTER_ADDR is not set and no batch scheduler is in the environment to give the "
+            "rendezvous address: set MASTER_ADDR or pass master_addr",
+        ),
         ({}, SLURM | {"XFFL_HPC_FEDERATED": "(2"}, TopologyError, "XFFL_HPC_FEDERATED="),
     ],
 )

@@ -213,7 +213,7 @@ def test_federated_in_nodes_reads_nodes_per_group() -> None:
     ("nodes_per_group", "node_sizes", "expected"),
     [
         ((3,), (2, 2, 2, 2), ["nodes_per_group=3", "4 nodes"]),
-        ((2, 1), (2, 2, 2, 2), ["nodes_per_group=(2, 1) adds up to 3", "4 nodes"]),
+        ((2, 1), (2, 2, 2, 2), ["nodes_per_group=(2, 1)", "add up to 3 nodes", "4 nodes"]),
         ((0,), (2, 2), ["nodes_per_group[0]", "0"]),
         ((), (2, 2), ["nodes_per_group", "empty"]),
         ((1,), (), ["node_sizes", "empty"]),
@@ -242,7 +242,7 @@ def test_federated_from_components_counts_contiguous_components() -> None:
         ([1, 1], ["rank 0 is in component 1", "expected 0"]),
         ([0, 2], ["rank 1 is in component 2", "expected 0 or 1"]),
         ([], ["empty"]),
-        ([0, "1"], ["component_of_rank[1]", "'1'"]),
+        ([0, "1"], ["component_of_rank: rank 1", "'1'"]),
     ],
 )
 def test_federated_from_components_errors(components: list[object], expected: list[str]) -> None:

@@ -531,56 +531,62 @@ def _check_federated_hsdp(sizes: tuple[int, ...], hsdp: int | None) -> None:
 
 
 def federated_in_nodes(
-    nodes_per_group: Sequence[int], node_sizes: Sequence[int]
+    nodes_per_group: Sequence[int], node_sizes: Sequence[int], name: str | None = None
 ) -> tuple[int, ...]:
     """Federated group sizes in ranks from group sizes in nodes (contiguous nodes).
 
     ``nodes_per_group`` has one entry per group, as the reference's
     ``XFFL_FEDERATED_LOCAL_WORLD_SIZE`` (e.g. ``(2, 2)``), or a single value n: groups of n
-    nodes each covering all nodes. ``node_sizes`` gives the ranks of each node.
+    nodes each covering all nodes. ``node_sizes`` gives the ranks of each node. Errors
+    name ``name`` (the user's option or variable with its value), else the argument.
     """
     nodes = _int_sequence(node_sizes, "node_sizes")
     groups = _int_sequence(nodes_per_group, "nodes_per_group")
+    given = name or f"nodes_per_group={_show(groups) if len(groups) > 1 else groups[0]}"
     if len(groups) == 1:
         if len(nodes) % groups[0]:
             raise TopologyError(
-                f"nodes_per_group={groups[0]} does not divide the {len(nodes)} nodes; "
-                "give a divisor of the node count or one entry per group"
+                f"{given}: {groups[0]} node(s) per group does not divide the {len(nodes)} "
+                "nodes; give a divisor of the node count or one entry per group"
             )
         groups = groups * (len(nodes) // groups[0])
     elif sum(groups) != len(nodes):
         raise TopologyError(
-            f"nodes_per_group={_show(groups)} adds up to {sum(groups)} nodes "
-            f"but there are {len(nodes)} nodes"
+            f"{given}: the groups add up to {sum(groups)} nodes but there are {len(nodes)} nodes"
         )
     starts = list(itertools.accumulate(groups, initial=0))
     return tuple(sum(nodes[starts[i] : starts[i + 1]]) for i in range(len(groups)))
 
 
-def federated_from_components(component_of_rank: Sequence[int]) -> tuple[int, ...]:
+def federated_from_components(
+    component_of_rank: Sequence[int], name: str = "component_of_rank"
+) -> tuple[int, ...]:
     """Federated group sizes in ranks from each rank's SLURM het-job component.
 
-    Ranks of one component must be contiguous and the components numbered 0..K-1 in rank order.
+    Ranks of one component must be contiguous and the components numbered 0..K-1 in rank
+    order. Errors name ``name`` (what the user asked for).
     """
     components = tuple(component_of_rank)
     if not components:
-        raise TopologyError("component_of_rank must not be empty")
+        raise TopologyError(f"{name} must not be empty")
     sizes: list[int] = []
     expected = 0
     for rank, component in enumerate(components):
         if isinstance(component, bool) or not isinstance(component, int):
-            raise TopologyError(f"component_of_rank[{rank}] must be an integer, got {component!r}")
+            raise TopologyError(
+                f"{name}: rank {rank}'s component must be an integer, got {component!r}"
+            )
         if component == expected - 1:
             sizes[-1] += 1
             continue
         if component != expected:
             if rank == 0:
                 raise TopologyError(
-                    f"component_of_rank: rank 0 is in component {component}; expected 0: "
+                    f"{name}: rank 0 is in component {component}; expected 0: "
                     "components must be numbered 0..K-1 in rank order"
                 )
             raise TopologyError(
-                f"component_of_rank: rank {rank} is in component {component} after rank "
+                f"{name}: rank {rank} is in component {component} after rank "
                 f"{rank - 1} in component {expected - 1}; expected {expected - 1} or {expected}: "
                 "ranks of one component must be contiguous and components numbered 0..K-1 "
                 "in rank order"

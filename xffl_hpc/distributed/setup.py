@@ -16,9 +16,10 @@ import torch.distributed as dist
 from xffl_hpc.distributed.devices import _setup_devices, resolve_device
 from xffl_hpc.distributed.groups import build_meshes_and_groups
 from xffl_hpc.distributed.netcheck import network_check
-from xffl_hpc.distributed.rendezvous import check_in, rendezvous
+from xffl_hpc.distributed.nodes import NodeLayout, assemble, facts
+from xffl_hpc.distributed.rendezvous import join
 from xffl_hpc.distributed.state import DistributedState
-from xffl_hpc.errors import ConfigurationError, DistributedError
+from xffl_hpc.errors import ConfigurationError, DistributedError, TopologyError
 from xffl_hpc.schedulers import Placement, detect
 from xffl_hpc.schedulers.variables import parse_int
 from xffl_hpc.topology import (
@@ -77,18 +78,43 @@ def _backend(backend: str | None, device: torch.device) -> str:
     return name
 
 
+#: Placement fields and the arguments of ``setup_distributed_process_group`` that set them.
+_ARGUMENTS = {
+    "rank": "rank",
+    "world_size": "world_size",
+    "local_rank": "group_local_rank",
+    "local_world_size": "group_local_size",
+    "node_rank": "group_rank",
+    "num_nodes": "group_world_size",
+    "master_addr": "master_addr",
+    "master_port": "master_port",
+}
+
+
 def _placement(placement: Placement, given: dict[str, Any]) -> Placement:
-    """The detected placement with the explicit arguments put in, validated again."""
-    explicit = {key: value for key, value in given.items() if value is not None}
+    """The detected placement with the explicit arguments (by argument name) put in,
+    validated again; messages name the arguments."""
+    explicit = {
+        field: given[argument]
+        for field, argument in _ARGUMENTS.items()
+        if given.get(argument) is not None
+    }
     if not explicit:
         return placement
-    sources = {**placement.sources, **{key: f"argument {key}" for key in explicit}}
+    sources = {
+        **placement.sources,
+        **{field: f"argument {_ARGUMENTS[field]}" for field in explicit},
+    }
     return replace(placement, **explicit, sources=sources)
 
 
-def init_distributed_process_group(state: DistributedState) -> None:
+def init_distributed_process_group(
+    state: DistributedState, environ: Mapping[str, str] | None = None
+) -> None:
     """Join the default process group: every rank checks in at a TCP store that rank 0
-    serves at ``master_addr:master_port`` (a local store for 1 rank)."""
+    (or torchrun's agent) serves at ``master_addr:master_port`` (a local store for 1 rank).
+
+    Fills ``state.nodes`` with every rank's node and host, as the ranks found them."""
     if dist.is_initialized():
         if (dist.get_rank(), dist.get_world_size()) != (state.rank, state.world_size):
             raise DistributedError(
@@ -104,10 +130,21 @@ def init_distributed_process_group(state: DistributedState) -> None:
             raise ConfigurationError(
                 "master_port is not set and the environment gives none: set MASTER_PORT"
             )
-        store, hosts = rendezvous(
-            state.master_addr, state.master_port, state.rank, state.world_size, state.timeout
+        placement = state.placement or detect(environ)
+        rendezvous = join(
+            placement,
+            state.master_addr,
+            state.master_port,
+            state.timeout,
+            os.environ if environ is None else environ,
         )
-        state.interface = network_check(store, state.rank, state.world_size, hosts, state.timeout)
+        state.rendezvous = rendezvous
+        label = f"rendezvous at {rendezvous.where}"
+        state.nodes = NodeLayout.decode(
+            rendezvous.check_in(label, facts(placement, socket.gethostname()), assemble)
+        )
+        state.interface = network_check(rendezvous, state.nodes.hosts)
+        store = rendezvous.store
     try:
         dist.init_process_group(
             state.backend,
@@ -122,34 +159,6 @@ def init_distributed_process_group(state: DistributedState) -> None:
             f"{state.master_addr}:{state.master_port} but could not start the "
             f"{state.backend} process group within {state.timeout}: {error}"
         ) from error
-    state.store = store
-
-
-def _gather_nodes(placement: Placement) -> list[tuple[int | None, str, int | None]]:
-    """Every rank's node rank (if known), host name and het-job component, in rank order."""
-    found: list[Any] = [None] * placement.world_size
-    mine = (placement.node_rank, socket.gethostname(), placement.het_group)
-    dist.all_gather_object(found, mine)
-    return found
-
-
-def _node_layout(
-    gathered: Sequence[tuple[int | None, str, int | None]],
-) -> tuple[list[int], list[int]]:
-    """Node index of every rank and ranks per node.
-
-    The launcher's node ranks when every rank has one, else the order of first
-    appearance of each host name.
-    """
-    if all(node is not None for node, _, _ in gathered):
-        nodes = [node for node, _, _ in gathered]
-    else:
-        index: dict[str, int] = {}
-        nodes = [index.setdefault(host, len(index)) for _, host, _ in gathered]
-    sizes = [0] * (max(nodes) + 1)
-    for node in nodes:
-        sizes[node] += 1
-    return nodes, sizes
 
 
 def _contiguous_node_sizes(nodes: Sequence[int], sizes: Sequence[int], why: str) -> tuple[int, ...]:
@@ -200,10 +209,10 @@ def setup_distributed_process_group(
         {
             "rank": rank,
             "world_size": world_size,
-            "local_rank": group_local_rank,
-            "local_world_size": group_local_size,
-            "node_rank": group_rank,
-            "num_nodes": group_world_size,
+            "group_local_rank": group_local_rank,
+            "group_local_size": group_local_size,
+            "group_rank": group_rank,
+            "group_world_size": group_world_size,
             "master_addr": master_addr,
             "master_port": master_port,
         },
@@ -214,29 +223,35 @@ def setup_distributed_process_group(
     world = placement.world_size
     if world > 1 and (placement.master_addr is None or placement.master_port is None):
         missing = "MASTER_ADDR" if placement.master_addr is None else "MASTER_PORT"
+        where = (
+            "no batch scheduler is in the environment to give"
+            if placement.scheduler == "none"
+            else f"the {placement.scheduler.upper()} job's variables do not give"
+        )
         raise ConfigurationError(
-            f"{missing} is not set and the {placement.scheduler} environment does not give "
-            f"the rendezvous {'address' if missing == 'MASTER_ADDR' else 'port'}: "
+            f"{missing} is not set and {where} the rendezvous "
+            f"{'address' if missing == 'MASTER_ADDR' else 'port'}: "
             f"set {missing} or pass {missing.lower()}"
         )
     if streams is not None and streams < 1:
         raise ConfigurationError(f"streams={streams!r}: expected a positive number of streams")
+    variables = []
     hsdp_text = env.get(HSDP_VARIABLE, "").strip()
     if hsdp is None and hsdp_text:
         hsdp = parse_int(HSDP_VARIABLE, hsdp_text, minimum=1)
+        variables.append(f"{HSDP_VARIABLE}={hsdp_text}")
     federated_text = env.get(FEDERATED_VARIABLE, "").strip()
     if federated is None and federated_text:
         federated = parse_federated(federated_text, FEDERATED_VARIABLE)
+        variables.append(f"{FEDERATED_VARIABLE}={federated_text}")
     nodes_text = env.get(FEDERATED_NODES_VARIABLE, "").strip()
+    nodes_per_group = None
     if federated is None and nodes_text:
-        nodes_per_group: tuple[int, ...] | None = parse_federated(
-            nodes_text, FEDERATED_NODES_VARIABLE
-        )
-    else:
-        nodes_per_group = None
+        nodes_per_group = parse_federated(nodes_text, FEDERATED_NODES_VARIABLE)
+        variables.append(f"{FEDERATED_NODES_VARIABLE}={nodes_text}")
     topology = None
     if nodes_per_group is None and not federated_from_het:
-        topology = Topology.build(world, hsdp=hsdp, federated=federated)
+        topology = _build(world, hsdp, federated, variables)
     state = DistributedState(
         backend=chosen_backend,
         master_addr=placement.master_addr or "127.0.0.1",
@@ -254,18 +269,14 @@ def setup_distributed_process_group(
         device_count=torch.cuda.device_count() if resolved_device.type == "cuda" else 0,
         current_device=resolved_device,
     )
-    init_distributed_process_group(state)
+    init_distributed_process_group(state, env)
     try:
+        if state.nodes is not None:
+            _apply_nodes(state, placement, state.nodes)
         if topology is None:
-            topology = _topology_after_rendezvous(
-                state, placement, hsdp, federated, nodes_per_group, federated_from_het
+            topology = _grouped_topology(
+                state, hsdp, federated, nodes_per_group, variables, federated_from_het
             )
-        elif world > 1 and None in (
-            placement.node_rank,
-            placement.num_nodes,
-            placement.local_world_size,
-        ):
-            _apply_nodes(state, placement, *_node_layout(_gather_nodes(placement)))
         _finish(state, topology, hsdp, streams)
     except BaseException:
         cleanup_distributed_process_group(state)
@@ -273,48 +284,69 @@ def setup_distributed_process_group(
     return state
 
 
-def _topology_after_rendezvous(
+def _grouped_topology(
     state: DistributedState,
-    placement: Placement,
     hsdp: int | None,
     federated: int | Sequence[int] | None,
     nodes_per_group: tuple[int, ...] | None,
+    variables: list[str],
     federated_from_het: bool,
 ) -> Topology:
-    """The topology when federated groups come from nodes or het-job components.
-
-    Gathers every rank's node and component, filling node fields the environment left
-    unknown on the way.
-    """
-    node_sizes = placement.tasks_per_node
-    if state.world_size > 1:
-        gathered = _gather_nodes(placement)
-        nodes, sizes = _node_layout(gathered)
-        _apply_nodes(state, placement, nodes, sizes)
-        if nodes_per_group is not None:
-            node_sizes = _contiguous_node_sizes(nodes, sizes, FEDERATED_NODES_VARIABLE)
-            federated = federated_in_nodes(nodes_per_group, node_sizes)
-        if federated_from_het and federated is None:
-            components = [group for _, _, group in gathered]
-            if None in components:
-                raise ConfigurationError(
-                    "federated_from_het=True but some ranks are not in a SLURM "
-                    "heterogeneous job (no het-job component in their environment)"
-                )
-            federated = federated_from_components(components)
-    elif nodes_per_group is not None:
-        federated = federated_in_nodes(nodes_per_group, node_sizes or (state.world_size,))
-    return Topology.build(state.world_size, hsdp=hsdp, federated=federated)
+    """The topology when federated groups come from nodes or het-job components, which
+    the rendezvous found (``state.nodes``) on more than one rank."""
+    layout = state.nodes
+    if nodes_per_group is not None:
+        what = next(v for v in variables if v.startswith(FEDERATED_NODES_VARIABLE))
+        if layout is None:
+            node_sizes: tuple[int, ...] = (state.world_size,)
+        else:
+            node_sizes = _contiguous_node_sizes(layout.nodes, layout.sizes, what)
+        federated = federated_in_nodes(nodes_per_group, node_sizes, what)
+    if federated_from_het and federated is None:
+        components = layout.het_groups if layout is not None else (state.placement.het_group,)
+        if None in components:
+            raise ConfigurationError(
+                "federated_from_het=True but some ranks are not in a SLURM "
+                "heterogeneous job (no het-job component in their environment)"
+            )
+        federated = federated_from_components(components, "federated_from_het=True")
+        variables = [*variables, "federated_from_het=True"]
+    return _build(state.world_size, hsdp, federated, variables)
 
 
-def _apply_nodes(
-    state: DistributedState, placement: Placement, nodes: Sequence[int], sizes: Sequence[int]
-) -> None:
-    """Set the node fields the environment left unknown from the gathered layout."""
+def _build(
+    world: int, hsdp: int | None, federated: int | Sequence[int] | None, variables: list[str]
+) -> Topology:
+    """``Topology.build``; its errors name the variables the sizes came from, if any."""
+    try:
+        return Topology.build(world, hsdp=hsdp, federated=federated)
+    except TopologyError as error:
+        if not variables:
+            raise
+        raise TopologyError(f"{', '.join(variables)}: {error}") from None
+
+
+def _apply_nodes(state: DistributedState, placement: Placement, layout: NodeLayout) -> None:
+    """Set the node fields from the layout the ranks found, where the environment left
+    them unknown; an explicit argument must agree with it."""
+    node = layout.nodes[state.rank]
+    sizes = layout.sizes
+    for field, argument, found in (
+        ("local_world_size", "group_local_size", sizes[node]),
+        ("num_nodes", "group_world_size", len(sizes)),
+    ):
+        given = getattr(placement, field)
+        if placement.sources.get(field) == f"argument {argument}" and given != found:
+            raise ConfigurationError(
+                f"{argument}={given} but the ranks found {found} "
+                f"{'rank(s) on node ' + str(node) if field == 'local_world_size' else 'node(s)'}"
+                f" (rank {state.rank} runs on {layout.hosts[state.rank]}): pass "
+                f"{argument} only when the launcher does not give it, and as the job runs"
+            )
     if placement.node_rank is None or placement.num_nodes is None:
-        state.node_rank, state.node_world_size = nodes[state.rank], len(sizes)
+        state.node_rank, state.node_world_size = node, len(sizes)
     if placement.local_world_size is None:
-        state.node_local_size = sizes[nodes[state.rank]]
+        state.node_local_size = sizes[node]
 
 
 def _finish(
@@ -342,8 +374,8 @@ def _finish(
     state.current_device, state.init_device, state.meta_initialization = _setup_devices(state)
     if copies > 1:
         state.streams = tuple(torch.cuda.Stream(state.current_device) for _ in range(copies))
-    if state.store is not None and state.world_size > 1:
-        check_in(state.store, "group creation", state.rank, state.world_size, state.timeout)
+    if state.rendezvous is not None:
+        state.rendezvous.check_in("group creation")
     build_meshes_and_groups(state, copies)
 
 
@@ -360,7 +392,7 @@ def cleanup_distributed_process_group(
         state.fsdp_mesh = state.hsdp_mesh = None
         state.federated_group = state.replica_group = None
         state.federation = None
-        state.store = None
+        state.rendezvous = None
     if dist.is_initialized():
         dist.destroy_process_group()
     # Free the groups now, while the interpreter is whole: FSDP modules and meshes sit in

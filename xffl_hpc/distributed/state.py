@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
+from xffl_hpc.distributed.nodes import NodeLayout
+from xffl_hpc.distributed.rendezvous import Rendezvous
 from xffl_hpc.network import Interface
 from xffl_hpc.schedulers import Placement
 from xffl_hpc.topology import Topology
@@ -57,7 +59,8 @@ class DistributedState:
     init_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     meta_initialization: bool = False
     streams: tuple[Any, ...] | None = None
-    store: dist.Store | None = field(default=None, repr=False)
+    rendezvous: Rendezvous | None = field(default=None, repr=False)
+    nodes: NodeLayout | None = field(default=None, repr=False)
     interface: Interface | None = None
 
     @property

@@ -65,6 +65,17 @@ def test_every_rank_gets_its_placement(scheduler: str, launcher: str, options: d
     assert len({p["master_port"] for p in found}) == 1
 
 
+def test_env_json_is_clean_where_the_emulated_names_resolve_nowhere() -> None:
+    result, output = run(ENV_JSON, nodes=2, tasks_per_node=1, node_prefix="xffl-nowhere-")
+    assert result.returncode == 0, output
+    rank_lines = [line for line in output.splitlines() if not line.startswith("[emulate]")]
+    assert len(rank_lines) == 2, output
+    for rank, line in enumerate(placements("\n".join(rank_lines))):
+        assert line["hostnames"] == ["xffl-nowhere-1", "xffl-nowhere-2"]
+        assert line["node_rank"] == rank
+        assert line["interface"].startswith("lo 127.0.0.1 (from XFFL_HPC_IFNAME)")
+
+
 def test_het_components_and_progress_lines() -> None:
     result, output = run(ENV_JSON, nodes=2, tasks_per_node=[2, 1], het=[1, 1])
     assert result.returncode == 0
@@ -164,6 +175,7 @@ def test_two_jobs_at_once_get_different_ports_and_both_run() -> None:
         ({"nodes": 2, "het": [1, 2]}, "het=[1, 2]"),
         ({"scheduler": "pbs", "het": [1, 1]}, "het=[1, 1]"),
         ({"job_id": "abc"}, "job_id='abc'"),
+        ({"node_prefix": "gpu,"}, "node_prefix='gpu,'"),
     ],
 )
 def test_bad_options(options: dict, named: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.multiproc import ROOT
 from xffl_hpc import DistributedError, PlacementError
-from xffl_hpc.network import apply, choose_interface
+from xffl_hpc.network import apply, choose_interface, resolve
 
 HOST = socket.gethostname()
 
@@ -63,15 +63,21 @@ def test_apply_sets_only_what_the_user_left_unset() -> None:
     assert environ == {"NCCL_SOCKET_IFNAME": "ib0", "GLOO_SOCKET_IFNAME": "lo"}
 
 
+#: Emulated node names that resolve nowhere (the CI cluster puts n1, n2 in /etc/hosts).
+NOWHERE = "xffl-nowhere-"
+
+
 def emulate_doctor(*extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "xffl_hpc", "emulate", "--nodes", "2", "--tasks-per-node"]
-    command += ["1", *extra, "--", "-m", "xffl_hpc", "doctor"]
+    command += ["1", "--node-prefix", NOWHERE, *extra, "--", "-m", "xffl_hpc", "doctor"]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_doctor_passes_on_a_healthy_emulated_job() -> None:
+def test_doctor_passes_on_a_healthy_emulated_job_whose_names_resolve_nowhere() -> None:
+    assert resolve(f"{NOWHERE}1") is None
     done = emulate_doctor()
     assert done.returncode == 0, done.stdout[-3000:]
+    assert "PROBLEM" not in done.stdout and not done.stderr, done.stderr
     assert done.stdout.count("all checks passed") == 2
     assert "rendezvous port" in done.stdout and "served, 1 of 1 ranks reached it" in done.stdout
     assert "clock offset to rank 0" in done.stdout

@@ -3,6 +3,7 @@
 The scheduler adapters import no torch; the distributed API is loaded on first use.
 """
 
+import warnings
 from typing import Any
 
 from xffl_hpc.errors import (
@@ -51,6 +52,11 @@ __all__ = [
     *_SUBMISSION,
 ]
 __version__ = "0.1.0"
+#: What torch warns at import when numpy is missing: nothing in xffl_hpc needs numpy, so
+#: the warning is silenced once xffl_hpc is imported (emulated ranks get it through
+#: PYTHONWARNINGS, as scripts often import torch first).
+NUMPY_WARNING = "Failed to initialize NumPy"
+warnings.filterwarnings("ignore", message=NUMPY_WARNING, category=UserWarning)
 
 
 def __getattr__(name: str) -> Any:

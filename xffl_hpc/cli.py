@@ -93,7 +93,9 @@ def _layout(args: argparse.Namespace) -> int:
         if nodes is None:
             raise TopologyError("--federated-nodes needs --tasks-per-node or --node-sizes")
         federated = federated_in_nodes(
-            parse_federated(args.federated_nodes, "--federated-nodes"), nodes
+            parse_federated(args.federated_nodes, "--federated-nodes"),
+            nodes,
+            f"--federated-nodes={args.federated_nodes}",
         )
     topology = Topology.build(
         world, hsdp=positive(args.hsdp, "--hsdp"), federated=federated, node_sizes=nodes
@@ -133,6 +135,7 @@ def _emulate(args: argparse.Namespace) -> int:
         federated=args.federated,
         launcher=args.launcher,
         job_id=args.job_id,
+        node_prefix=args.node_prefix,
         log_dir=Path(args.log_dir) if args.log_dir else None,
         grace=args.grace,
     )
@@ -240,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--federated", help="sets XFFL_HPC_FEDERATED (ranks), e.g. 2 or 2,6")
     emulate.add_argument("--launcher", choices=("pmi", "pals"), default="pmi", help="PBS only")
     emulate.add_argument("--job-id", help="default: this process's id")
+    emulate.add_argument(
+        "--node-prefix", default="n", help="emulated node names: PREFIX1, PREFIX2, ..."
+    )
     emulate.add_argument("--log-dir", help="also write each rank's output to rank-N.log here")
     emulate.add_argument(
         "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL"

@@ -77,6 +77,14 @@ def ipv4_interfaces() -> dict[str, str]:
     return found
 
 
+def loopback_interface() -> str:
+    """The name of this host's IPv4 loopback interface (``lo`` on Linux)."""
+    for name, address in ipv4_interfaces().items():
+        if is_loopback(address):
+            return name
+    raise DistributedError("this host has no IPv4 loopback interface that is up")
+
+
 def source_address(peer: str) -> str | None:
     """The local address the kernel would use to reach ``peer`` (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

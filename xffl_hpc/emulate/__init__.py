@@ -43,6 +43,7 @@ def emulate(
     federated: str | None = None,
     launcher: str = "pmi",
     job_id: str | None = None,
+    node_prefix: str = "n",
     log_dir: Path | None = None,
     grace: float = 5.0,
     extra_env: dict[str, str] | None = None,
@@ -54,6 +55,7 @@ def emulate(
     ``federated`` reach the ranks as ``XFFL_HPC_HSDP`` / ``XFFL_HPC_FEDERATED``;
     ``launcher`` is ``pmi`` (Hydra) or ``pals`` for ``scheduler="pbs"``. The job id
     defaults to this process's id, so concurrent emulated jobs get different ports.
+    Nodes are named ``node_prefix`` and a number; the names need not resolve.
     """
     if scheduler not in envs.SCHEDULERS:
         raise ConfigurationError(
@@ -70,8 +72,14 @@ def emulate(
     job = job_id or str(os.getpid())
     if not job.isdigit():
         raise ConfigurationError(f"job_id={job!r}: expected a number, as SLURM's job ids are")
-    hosts = envs.host_names(nodes)
-    common = envs.clean_environ() | {"MASTER_ADDR": envs.LOOPBACK} | (extra_env or {})
+    if not node_prefix or any(c.isspace() or c in ",[]" for c in node_prefix):
+        raise ConfigurationError(
+            f"node_prefix={node_prefix!r}: expected a host name prefix without spaces, "
+            "commas or brackets"
+        )
+    hosts = envs.host_names(nodes, node_prefix)
+    clean = envs.clean_environ()
+    common = clean | envs.on_this_host(clean) | (extra_env or {})
     if hsdp is not None:
         common["XFFL_HPC_HSDP"] = str(hsdp)
     if federated is not None:

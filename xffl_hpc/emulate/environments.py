@@ -1,9 +1,10 @@
 """The variables a real allocation gives each process, for N emulated nodes on this host.
 
-Emulated host names (``n1``, ``n2``...) do not resolve; every rank gets
-``MASTER_ADDR=127.0.0.1``, which the adapters honour over the node list. The port is
-left to the adapters (derived from the job id), so two emulated jobs with different
-job ids get different ports.
+Emulated host names (``n1``, ``n2``...) need not resolve: every rank gets
+``MASTER_ADDR=127.0.0.1``, which the adapters honour over the node list, and
+``XFFL_HPC_IFNAME`` set to the loopback interface, since every emulated node is this
+host. The port is left to the adapters (derived from the job id), so two emulated jobs
+with different job ids get different ports.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from xffl_hpc import NUMPY_WARNING
+from xffl_hpc.network import loopback_interface
 from xffl_hpc.schedulers.envrdzv import WORKER_VARIABLES
 from xffl_hpc.schedulers.hostlist import compress
 from xffl_hpc.schedulers.rendezvous import derive_port
@@ -30,6 +33,7 @@ SCHEDULER_PREFIXES = (
 )
 SCHEDULERS = ("slurm", "pbs", "torchrun")
 LOOPBACK = "127.0.0.1"
+QUIET_NUMPY = f"ignore:{NUMPY_WARNING}:UserWarning"
 
 
 def clean_environ() -> dict[str, str]:
@@ -38,6 +42,17 @@ def clean_environ() -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if not key.startswith(SCHEDULER_PREFIXES) and key not in WORKER_VARIABLES
+    }
+
+
+def on_this_host(environ: dict[str, str]) -> dict[str, str]:
+    """What every rank of an emulated job shares: the rendezvous on loopback, collectives
+    over the loopback interface (unless the user chose one), no warning about numpy."""
+    warnings = environ.get("PYTHONWARNINGS", "").strip()
+    return {
+        "MASTER_ADDR": LOOPBACK,
+        "XFFL_HPC_IFNAME": environ.get("XFFL_HPC_IFNAME", "").strip() or loopback_interface(),
+        "PYTHONWARNINGS": f"{warnings},{QUIET_NUMPY}" if warnings else QUIET_NUMPY,
     }
 
 

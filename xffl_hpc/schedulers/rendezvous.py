@@ -12,9 +12,10 @@ from xffl_hpc.schedulers.variables import quote
 #: ephemeral range (32768-60999), so an outgoing connection never holds one by chance.
 PORT_BASE = 20000
 PORT_SPAN = 10000
-#: Step ids are spread by this prime (coprime to PORT_SPAN) so that jobs whose numeric
-#: ids differ by less than PORT_SPAN never share a port for the same step.
-_STEP_STRIDE = 97
+#: Each job owns a block of this many consecutive ports, one per step (modulo the block):
+#: jobs whose numeric ids differ by less than PORT_SPAN // STEPS_PER_JOB never share a port
+#: in their first STEPS_PER_JOB steps.
+STEPS_PER_JOB = 4
 
 
 def _number(key: str) -> int:
@@ -27,12 +28,15 @@ def _number(key: str) -> int:
 def derive_port(job_key: str, step_id: str | None = None) -> int:
     """The rendezvous port of a job step: the same on every rank, different per job.
 
-    Numeric job ids (``4242``, PBS's ``4242.server``) map one-to-one onto the range, so
-    two jobs sharing a node get different ports unless their ids differ by a multiple
-    of ``PORT_SPAN``; other ids are hashed.
+    Numeric job ids (``4242``, PBS's ``4242.server``) map one-to-one onto blocks of
+    ``STEPS_PER_JOB`` ports, the step picks the port in its job's block: two jobs sharing
+    a node get different ports unless their ids differ by a multiple of 2,500 (or a step
+    wraps around its block); other ids and steps (``batch``) are hashed. A collision
+    that does happen is caught at the rendezvous, which names both jobs.
     """
     step = _number(step_id) if step_id else 0
-    return PORT_BASE + (_number(job_key) + _STEP_STRIDE * step) % PORT_SPAN
+    blocks = PORT_SPAN // STEPS_PER_JOB
+    return PORT_BASE + (_number(job_key) % blocks) * STEPS_PER_JOB + step % STEPS_PER_JOB
 
 
 def interface_address(ifname: str, variable: str) -> str:

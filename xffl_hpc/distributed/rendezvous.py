@@ -157,17 +157,19 @@ class Rendezvous:
         self._watch_store: dist.Store | None = None
         self._phase = 0
 
-    def _key(self, name: str) -> str:
-        return f"check-in {self._phase}/{name}"
+    def _key(self, name: str, phase: int | None = None) -> str:
+        return f"check-in {self._phase if phase is None else phase}/{name}"
 
-    def fail(self, message: str, store: dist.Store | None = None) -> DistributedError:
+    def fail(
+        self, message: str, store: dist.Store | None = None, phase: int | None = None
+    ) -> DistributedError:
         """End the check-in every rank waits at (or will reach next) with ``message``;
         the error for this rank to raise."""
         target = self.store if store is None else store
         # "end" first: rank 0 wakes on "all", and the store ends with rank 0's process
         for name in ("end", "all"):
             with contextlib.suppress(RuntimeError, OSError):
-                target.compare_set(self._key(name), "", f"{_FAILED} {message}")
+                target.compare_set(self._key(name, phase), "", f"{_FAILED} {message}")
         return DistributedError(f"rank {self.rank} of {self.world_size}: {message}")
 
     def check_in(
@@ -251,23 +253,23 @@ class Rendezvous:
             self._watch_store = self._connect()
         done = threading.Event()
         threading.Thread(
-            target=self._watcher, args=(self._watch_store, label, done), daemon=True
+            target=self._watcher, args=(self._watch_store, label, self._phase, done), daemon=True
         ).start()
         return done
 
-    def _missing(self, store: dist.Store) -> list[int]:
+    def _missing(self, store: dist.Store, phase: int) -> list[int]:
         arrived = {
             int(line.split(" ", 1)[0])
-            for line in store.get(self._key("arrivals")).decode().splitlines()
+            for line in store.get(self._key("arrivals", phase)).decode().splitlines()
         }
         return [rank for rank in range(self.world_size) if rank not in arrived]
 
-    def _watcher(self, store: dist.Store, label: str, done: threading.Event) -> None:
+    def _watcher(self, store: dist.Store, label: str, phase: int, done: threading.Event) -> None:
         started = time.monotonic()
         deadline = started + self.timeout.total_seconds()
         with contextlib.suppress(RuntimeError, OSError):
             while not done.wait(min(REPORT_SECONDS, max(deadline - time.monotonic(), 0.0))):
-                missing = self._missing(store)
+                missing = self._missing(store, phase)
                 if not missing:
                     return
                 if time.monotonic() >= deadline:
@@ -278,6 +280,7 @@ class Rendezvous:
                         "check that those ranks started (their logs), or raise "
                         "XFFL_HPC_TIMEOUT if they are only slow",
                         store,
+                        phase,
                     )
                     return
                 print(

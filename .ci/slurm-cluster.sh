@@ -171,7 +171,14 @@ SlurmdParameters=config_overrides
 # pgid, not linuxproc: linuxproc follows parent ids, so a task's child orphaned by the
 # task's death escapes it and outlives the job (and holds srun's output open)
 ProctrackType=proctrack/pgid
-TaskPlugin=task/none
+# task/affinity pins each task to its own cores (Cores: srun --cpu-bind=cores by default),
+# so a task's sched_getaffinity shows the CPUs per task its step asked for. A node's
+# declared CPUs wrap onto this machine's real ones (CPU i -> i mod nproc): a node pins at
+# most nproc CPUs, shared out among its tasks, and a step with more than nproc tasks on one
+# node fails ("Unable to layout tasks"). No task/cgroup: it depends on the host's cgroup
+# setup and leaves its cgroups behind after "down".
+TaskPlugin=task/affinity
+TaskPluginParam=Cores
 SchedulerType=$SCHED
 SchedulerParameters=bf_interval=1,sched_interval=1
 SelectType=select/cons_tres

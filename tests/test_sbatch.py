@@ -83,6 +83,45 @@ def test_two_nodes_two_tasks_placements(env: dict[str, str], tmp_path: Path) -> 
     assert len({p["master_port"] for p in found}) == 1
 
 
+SHOW_CPUS = [
+    "-c",
+    "import json, os; print('CPUS ' + json.dumps([len(os.sched_getaffinity(0)),"
+    " os.environ.get('OMP_NUM_THREADS')]))",
+]
+
+
+def cpus_seen(output: str) -> list[tuple[int, str | None]]:
+    """(CPUs the task may run on, its OMP_NUM_THREADS) printed by every SHOW_CPUS task."""
+    found = [json.loads(line[5:]) for line in output.splitlines() if line.startswith("CPUS ")]
+    return sorted((cpus, omp) for cpus, omp in found)
+
+
+# The cluster pins tasks (task/affinity) but its nodes wrap onto this machine's CPUs: a
+# node pins 2 CPUs for each of its tasks only where the machine has 2 per task. 1 CPU per
+# task shows that tasks are pinned at all.
+@pytest.mark.parametrize(("cpus", "per_node"), [(2, 1), (1, 2)])
+def test_every_task_runs_on_the_cpus_per_task_asked_for(
+    env: dict[str, str], tmp_path: Path, cpus: int, per_node: int
+) -> None:
+    assert len(os.sched_getaffinity(0)) >= cpus * per_node, "too few CPUs on this machine"
+    options = ["--nodes=2", f"--ntasks-per-node={per_node}", f"--cpus-per-task={cpus}"]
+    done, job = sbatch(env, tmp_path, *options, str(SBATCH), *SHOW_CPUS)
+    output = job_output(tmp_path, job)
+    assert done.returncode == 0, output[-3000:]
+    assert cpus_seen(output) == [(cpus, str(cpus))] * (2 * per_node), output[-3000:]
+
+
+def test_each_het_component_runs_on_its_own_cpus_per_task(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    components = ["-N1", "--ntasks-per-node=1", "-c2", ":", "-N1", "--ntasks-per-node=2", "-c1"]
+    done, job = sbatch(env, tmp_path, *components, str(SBATCH), *SHOW_CPUS)
+    output = job_output(tmp_path, job)
+    assert done.returncode == 0, output[-3000:]
+    # OMP_NUM_THREADS is not per component: the batch shell exports one value for all.
+    assert [cpus for cpus, _ in cpus_seen(output)] == [1, 1, 2], output[-3000:]
+
+
 def test_example_trains_with_federated_groups(env: dict[str, str], tmp_path: Path) -> None:
     args = [str(EXAMPLE), "--steps", "30", "--federated", "2"]
     done, job = sbatch(env, tmp_path, str(SBATCH), *args)

@@ -197,16 +197,20 @@ elif ! run_stage "quick start: training" 300 "$TMP/train.log" \
     FAILED+=("quick start: the training failed: $TRAIN")
 elif ! python3 - "$TMP/train.log" <(printf '%s\n' "$EXPECTED") <<'EOF'; then
 # The training's output must be README's block line by line: a number matches any number,
-# "..." zero or more further lines of the shape of the line before it; leading and
-# trailing spaces do not count.
+# README's /path/to/ any folder, "..." zero or more further lines of the shape of the line
+# before it; leading and trailing spaces do not count.
 import re
 import sys
 
 NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+FOLDER = r"/(?:[^/\s]+/)*"
 
 
 def shape(line):
-    return NUMBER.join(re.escape(part) for part in re.split(NUMBER, line.strip()))
+    return FOLDER.join(
+        NUMBER.join(re.escape(part) for part in re.split(NUMBER, piece))
+        for piece in line.strip().split("/path/to/")
+    )
 
 
 with open(sys.argv[1]) as f:
@@ -244,11 +248,13 @@ fi
 fresh_project
 rc=0
 run_stage "tests" 1500 "$TMP/tests.log" "${IN_ROOT[@]}" "cd /project && $TESTS" || rc=$?
-cat "$TMP/tests.log" >&2
 SUMMARY=$(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|errors?|xfailed|xpassed|deselected|warnings?)\b.* in [0-9.]+s' \
     "$TMP/tests.log" | tail -n 1 || true)
 if ((rc != 0)) || [[ -z $SUMMARY ]] || grep -qE '\b[0-9]+ (failed|errors?)\b' <<<"$SUMMARY"; then
+    cat "$TMP/tests.log" >&2
     FAILED+=("tests: status $rc, summary: ${SUMMARY:-none}")
+else
+    log "tests: $SUMMARY"
 fi
 
 if ((${#FAILED[@]})); then

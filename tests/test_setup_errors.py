@@ -52,7 +52,7 @@ SLURM = srun_task(3, ["n1", "n2"], [2, 2], 1) | {"MASTER_ADDR": "127.0.0.1", "MA
             {"group_local_size": 4},
             SLURM,
             PlacementError,
-            "argument group_local_size=4 but SLURM_STEP_TASKS_PER_NODE gives 2 task(s) to node 1",
+            "argument group_local_size=4 but SLURM_STEP_TASKS_PER_NODE gives 2 task(s) to node 0",
         ),
         (
             {"group_world_size": 3},

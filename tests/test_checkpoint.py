@@ -155,6 +155,9 @@ def test_sigkill_at_random_moments_never_leaves_a_torn_checkpoint(tmp_path: Path
     root = tmp_path / "ckpt"
     chance = random.Random(1234)
     model = many_small_layers()
+    # the first save imports what saving needs (DTensor: about a second); done here once,
+    # so that every forked writer starts saving at once instead of importing
+    save_checkpoint(tmp_path / "warm", 0, model)
     seen = []
     for _ in range(40):
         pid = os.fork()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeenv import clean_environ
-from tests.multiproc import all_gone, printed_pids
+from tests.fakeenv import clean_environ, free_port, srun_task
+from tests.multiproc import all_gone, launch, printed_pids
 from xffl_hpc import ConfigurationError
 from xffl_hpc.emulate import emulate
 
@@ -165,6 +165,47 @@ def test_two_jobs_at_once_get_different_ports_and_both_run() -> None:
         assert len(sums) == 2 and all(line.endswith("sum 3") for line in sums)
         ports.add(sums[0].split()[2])
     assert len(ports) == 2
+
+
+def test_a_rank_given_another_jobs_port_stops_naming_both_and_that_job_trains(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    release = tmp_path / "release"
+    outcome: dict[str, object] = {}
+
+    def job_a() -> None:
+        outcome["a"] = run(
+            [*RANK_SCRIPT, "hold", str(release)],
+            nodes=2,
+            tasks_per_node=1,
+            job_id="4242",
+            extra_env={"MASTER_PORT": str(port)},
+        )
+
+    holder = threading.Thread(target=job_a)
+    holder.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not all(Path(f"{release}.ready{rank}").exists() for rank in (0, 1)):
+            assert time.monotonic() < deadline and holder.is_alive(), outcome
+            time.sleep(0.1)
+        intruder = srun_task(4339, ["n1", "n2"], [1, 1], 1)
+        rdzv = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "XFFL_HPC_TIMEOUT": "20"}
+        started = time.monotonic()
+        [result] = launch([intruder | rdzv], {}, timeout=60)
+        assert time.monotonic() - started < 15
+    finally:
+        release.touch()
+        holder.join(120)
+    assert result.returncode == 3 and result.report is not None, result.stderr[-2000:]
+    assert result.report["message"].startswith(
+        f"rank 1 of 2 (job 4339, step 0) reached the rendezvous at 127.0.0.1:{port}, "
+        "which belongs to job 4242, step 0"
+    )
+    finished, output = outcome["a"]
+    assert finished.returncode == 0, output
+    assert output.count(f"port {port} sum 3") == 2
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,9 @@ def run_ranks(
     runs ``body``; what each returned or raised."""
     port = free_port()
     outcome: dict[int, object] = {}
+    # a rendezvous lives as long as its process: rank 0's holds the server, which must
+    # outlive the other ranks' last read, as it does in a job
+    joined: list[Rendezvous] = []
 
     def rank_main(rank: int) -> None:
         try:
@@ -58,6 +61,7 @@ def run_ranks(
                 timedelta(seconds=timeout),
                 environ or {},
             )
+            joined.append(found)
             outcome[rank] = body(found)
         except DistributedError as error:
             outcome[rank] = error

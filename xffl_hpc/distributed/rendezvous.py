@@ -214,13 +214,13 @@ class Rendezvous:
         key = self._key(name)
         try:
             self.store.wait([key], self.timeout + timedelta(seconds=_BACKSTOP))
+            return self.store.get(key).decode()
         except (RuntimeError, OSError) as error:
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: the {label} ended without all ranks "
                 "(rank 0, which watches it, stopped first: its message names the missing "
                 "ranks)"
             ) from error
-        return self.store.get(key).decode()
 
     def _verdict(self, outcome: str) -> str:
         status, _, text = outcome.partition(" ")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -388,7 +389,9 @@ def test_slurm_names_the_rank_that_failed_first_not_its_victims(
         "ValueError: rank 2 breaks the collective"
     )
     assert lines[1] == "also failed: ranks 0, 1, 3"
-    assert 'in break_collective_on_rank_2\n    raise ValueError("rank 2' in str(error)
+    # the frame of the user's function; its source line only where cloudpickle keeps file
+    # names (before 3.0: from 3.0 a function pickled by value comes from "<dynamic-code>")
+    assert re.search(r'File "[^"]+", line \d+, in break_collective_on_rank_2\n', str(error))
     assert "Connection closed by peer" in error.failures[0]
 
 

@@ -203,12 +203,14 @@ class Rendezvous:
         self._phase += 1
         return answer
 
+    def _arrivals(self, store: dist.Store, phase: int | None = None) -> dict[int, str]:
+        """The value each rank that arrived so far left, by rank."""
+        lines = store.get(self._key("arrivals", phase)).decode().splitlines()
+        return {int(rank): value for rank, _, value in (line.partition(" ") for line in lines)}
+
     def _values(self) -> list[str]:
-        values = [""] * self.world_size
-        for line in self.store.get(self._key("arrivals")).decode().splitlines():
-            rank, _, value = line.partition(" ")
-            values[int(rank)] = value
-        return values
+        arrived = self._arrivals(self.store)
+        return [arrived[rank] for rank in range(self.world_size)]
 
     def _wait(self, name: str, label: str) -> str:
         key = self._key(name)
@@ -258,10 +260,7 @@ class Rendezvous:
         return done
 
     def _missing(self, store: dist.Store, phase: int) -> list[int]:
-        arrived = {
-            int(line.split(" ", 1)[0])
-            for line in store.get(self._key("arrivals", phase)).decode().splitlines()
-        }
+        arrived = self._arrivals(store, phase)
         return [rank for rank in range(self.world_size) if rank not in arrived]
 
     def _watcher(self, store: dist.Store, label: str, phase: int, done: threading.Event) -> None:
